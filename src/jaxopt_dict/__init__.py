@@ -1,0 +1,26 @@
+"""jaxopt_dict: scipy-style minimization over pytrees, one compiled loop per solve."""
+
+from jaxopt_dict._method import Box, Evaluation, Method, StepOutcome, Stepper
+from jaxopt_dict._minimize import minimize, option_specs
+from jaxopt_dict._options import Option
+from jaxopt_dict._result import OptimizeResult, Status, Trace
+from jaxopt_dict.methods import method_names, methods_with_bounds, register_method
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Box",
+    "Evaluation",
+    "Method",
+    "OptimizeResult",
+    "Option",
+    "Status",
+    "StepOutcome",
+    "Stepper",
+    "Trace",
+    "method_names",
+    "methods_with_bounds",
+    "minimize",
+    "option_specs",
+    "register_method",
+]

@@ -1,0 +1,241 @@
+"""THE driver: one flat ``lax.while_loop``, one evaluation of ``fun`` per trip.
+
+The driver owns everything that is the same for every method: the six statuses and
+scipy's stopping rules, "return the last finite iterate", ``maxfun``, and the optional
+``callback`` / ``disp`` / ``trace`` (absent from the compiled program unless asked for).
+A method only says, per trip, whether the evaluated point is its new iterate and which
+point to evaluate next; so a line search is a state machine, never a nested loop, and a
+vmapped batch costs exactly as many evaluations as its hardest member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxopt_dict._method import Box, Evaluation, Stepper
+from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace
+from jaxopt_dict._tree import all_finite, inf_norm, project, projected_gradient
+
+PyTree = Any
+
+
+class LoopConfig(NamedTuple):
+    """Structural (static) settings of the driver."""
+
+    maxiter: int
+    disp: bool = False
+    trace: bool = False
+    callback: Callable[[OptimizeResult], Any] | None = None
+
+
+class _Carry(NamedTuple):
+    state: Any  # the method's state
+    trial: PyTree  # the point to evaluate on the next trip
+    x: PyTree  # the current iterate: the last accepted point (f, g finite)
+    f: jax.Array
+    g: PyTree
+    nit: jax.Array
+    nfev: jax.Array
+    status: jax.Array
+    small_gradient: jax.Array  # gtol held at the current iterate (for has_memory)
+    trace: Trace | None
+
+
+def effective_ftol(ftol: jax.Array, f: jax.Array) -> jax.Array:
+    """``ftol`` floored at the machine epsilon of f's dtype.
+
+    A relative reduction below one ulp is rounding noise: in float32 scipy's default
+    (2.2e-9) would never be met, and a solve would wander until maxiter or a failed line
+    search. Flooring at eps makes such a solve end with an honest FTOL instead.
+    """
+    return jnp.maximum(ftol, jnp.finfo(f.dtype).eps)
+
+
+def _host_report(config: LoopConfig) -> Callable[..., None]:
+    """A host function printing (``disp``) and calling back (``callback``) per iteration."""
+
+    def report(accepted, x, f, g, nit, nfev, pg_norm, step_norm):
+        if not bool(accepted):
+            return
+        if config.disp:
+            print(
+                f"iter {int(nit):6d}  f = {float(f): .8e}  |pg|_inf = {float(pg_norm):.3e}"
+                f"  |step|_inf = {float(step_norm):.3e}  nfev = {int(nfev)}",
+                flush=True,
+            )
+        if config.callback is not None:
+            nfev = np.asarray(nfev)
+            config.callback(
+                OptimizeResult(
+                    x=x,
+                    fun=f,
+                    jac=g,
+                    nit=nit,
+                    nfev=nfev,
+                    njev=nfev,
+                    status=np.asarray(RUNNING, np.int32),
+                    success=np.asarray(False),
+                )
+            )
+
+    return report
+
+
+def _final_message(status) -> None:
+    print(f"     {Status(int(status)).message}", flush=True)
+
+
+def run(
+    stepper: Stepper,
+    evaluate: Callable[[PyTree], Evaluation],
+    x0: PyTree,
+    box: Box | None,
+    opts: Mapping[str, Any],
+    config: LoopConfig,
+) -> OptimizeResult:
+    """Run ``stepper`` to termination and return the result.
+
+    Args:
+      stepper: the method's ``(init, step)`` functions.
+      evaluate: ``x -> Evaluation`` (value and gradient, and the Hessian if needed).
+      x0: the starting point; projected onto ``box`` first, as scipy does.
+      box: the bounds, or ``None``.
+      opts: ``gtol``, ``xtol``, ``maxfun`` and, for ``stepper.uses_ftol``, ``ftol``.
+      config: the static settings.
+    """
+    gtol, xtol, maxfun = opts["gtol"], opts["xtol"], opts["maxfun"]
+    x0 = project(x0, box)
+    ev0 = evaluate(x0)
+    f0 = ev0.f
+    finite0 = jnp.isfinite(f0) & all_finite(ev0.g)
+    state, trial = stepper.init(ev0, box)
+    small_gradient0 = inf_norm(projected_gradient(x0, ev0.g, box)) <= gtol
+    status0 = jnp.select(
+        [~finite0, small_gradient0 & (not stepper.has_memory), config.maxiter == 0, maxfun <= 1],
+        [Status.NONFINITE, Status.CONVERGED, Status.MAX_ITER, Status.MAX_ITER],
+        RUNNING,
+    ).astype(jnp.int32)
+    trace0 = None
+    if config.trace:
+        length = config.maxiter + 1
+        trace0 = Trace(
+            fun=jnp.full((length,), f0),
+            x=jax.tree.map(lambda v: jnp.broadcast_to(v, (length,) + v.shape), x0),
+        )
+    report = _host_report(config) if (config.disp or config.callback) else None
+    if config.disp:
+        jax.debug.callback(
+            lambda f, pg: print(f"iter      0  f = {float(f): .8e}  |pg|_inf = {float(pg):.3e}"),
+            f0,
+            inf_norm(projected_gradient(x0, ev0.g, box)),
+        )
+
+    def cond(c: _Carry) -> jax.Array:
+        return c.status == RUNNING
+
+    def body(c: _Carry) -> _Carry:
+        ev = evaluate(c.trial)  # The one evaluation of this trip.
+        nfev = c.nfev + 1
+        finite = jnp.isfinite(ev.f) & all_finite(ev.g)
+        state, trial, outcome = stepper.step(c.state, ev, box)
+        # Keep the carry's dtypes exactly (a strongly typed float64 hyperparameter must not
+        # promote a float32 state).
+        state = jax.tree.map(lambda new, old: new.astype(old.dtype), state, c.state)
+        trial = optax.tree.cast_like(trial, c.trial)
+        accepted = jnp.asarray(outcome.accepted, bool) & finite
+        failed = jnp.asarray(outcome.failed, bool)
+        nit = c.nit + accepted.astype(jnp.int32)
+        x = optax.tree.where(accepted, ev.x, c.x)
+        f = jnp.where(accepted, ev.f, c.f)
+        g = optax.tree.where(accepted, ev.g, c.g)
+        pg_norm = inf_norm(projected_gradient(ev.x, ev.g, box))
+        step_norm = inf_norm(optax.tree.sub(ev.x, c.x))
+        reduction_small = False
+        if stepper.uses_ftol:
+            scale = jnp.maximum(jnp.maximum(jnp.abs(c.f), jnp.abs(ev.f)), 1.0)
+            reduction_small = c.f - ev.f <= effective_ftol(opts["ftol"], ev.f) * scale
+        small_gradient = jnp.where(accepted, pg_norm <= gtol, c.small_gradient)
+        converged = accepted & small_gradient
+        if stepper.has_memory:
+            converged = converged & c.small_gradient
+        status = jnp.select(
+            [
+                ~finite,
+                converged,
+                accepted & reduction_small,
+                accepted & (step_norm <= xtol),
+                failed,
+                accepted & (nit >= config.maxiter),
+                nfev >= maxfun,
+            ],
+            [
+                Status.NONFINITE,
+                Status.CONVERGED,
+                Status.FTOL,
+                Status.XTOL,
+                Status.LINESEARCH_FAILED,
+                Status.MAX_ITER,
+                Status.MAX_ITER,
+            ],
+            RUNNING,
+        ).astype(jnp.int32)
+        trace = c.trace
+        if trace is not None:
+            row = jnp.minimum(nit, config.maxiter)
+            trace = Trace(
+                fun=trace.fun.at[row].set(jnp.where(accepted, ev.f, trace.fun[row])),
+                x=jax.tree.map(
+                    lambda buf, v: buf.at[row].set(jnp.where(accepted, v, buf[row])),
+                    trace.x,
+                    ev.x,
+                ),
+            )
+        if report is not None:
+            jax.debug.callback(report, accepted, x, f, g, nit, nfev, pg_norm, step_norm)
+        return _Carry(state, trial, x, f, g, nit, nfev, status, small_gradient, trace)
+
+    carry = _Carry(
+        state,
+        optax.tree.cast_like(trial, x0),
+        x0,
+        f0,
+        ev0.g,
+        jnp.asarray(0, jnp.int32),
+        jnp.asarray(1, jnp.int32),
+        status0,
+        small_gradient0,
+        trace0,
+    )
+    c = jax.lax.while_loop(cond, body, carry)
+    trace = c.trace
+    if trace is not None:
+        past = jnp.arange(config.maxiter + 1) > c.nit
+        trace = Trace(
+            fun=jnp.where(past, c.f, trace.fun),
+            x=jax.tree.map(
+                lambda buf, v: jnp.where(past.reshape((-1,) + (1,) * v.ndim), v, buf),
+                trace.x,
+                c.x,
+            ),
+        )
+    if config.disp:
+        jax.debug.callback(_final_message, c.status)
+    return OptimizeResult(
+        x=c.x,
+        fun=c.f,
+        jac=c.g,
+        nit=c.nit,
+        nfev=c.nfev,
+        njev=c.nfev,
+        status=c.status,
+        success=(c.status == Status.CONVERGED)
+        | (c.status == Status.FTOL)
+        | (c.status == Status.XTOL),
+        trace=trace,
+    )

@@ -1,0 +1,122 @@
+"""The method-extension API: what a method is, and what its ``init`` and ``step`` see.
+
+A method is a record of pure functions, not a class. The shared driver (``_loop.py``)
+evaluates ``fun`` exactly once per trip of one flat ``lax.while_loop`` and hands the
+evaluation to the method's ``step``, which returns its new state and the next point to
+evaluate. Line searches are therefore state machines inside ``step``: a trial that is not
+accepted simply asks for another point on the next trip.
+
+Example: plain gradient descent in a few lines::
+
+    def make(opts):
+        def init(ev, box):
+            return (), project(tree_add_scale(ev.x, -opts["learning_rate"], ev.g), box)
+
+        def step(state, ev, box):
+            x_next = project(tree_add_scale(ev.x, -opts["learning_rate"], ev.g), box)
+            return state, x_next, StepOutcome(accepted=True)
+
+        return Stepper(init, step)
+
+    my_gd = Method("my-gd", make, options=(Option("learning_rate", 0.1),),
+                   supports_bounds=True)
+    jd.minimize(fun, x0, method=my_gd)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxopt_dict._options import Option
+
+PyTree = Any
+State = Any
+
+
+class Box(NamedTuple):
+    """Box bounds as pytrees with x's structure; leaves broadcast to x's leaves."""
+
+    lower: PyTree
+    upper: PyTree
+
+
+class Evaluation(NamedTuple):
+    """``fun`` evaluated at one point: the only information a method gets about ``fun``.
+
+    Attributes:
+      x: the point (x0's structure).
+      f: the scalar value.
+      g: the gradient (x0's structure and dtypes).
+      hess: the Hessian of f in ``ravel_pytree(x)`` coordinates, for methods with
+        ``needs_hessian=True``; ``None`` otherwise.
+    """
+
+    x: PyTree
+    f: jax.Array
+    g: PyTree
+    hess: jax.Array | None = None
+
+
+class StepOutcome(NamedTuple):
+    """What a step tells the driver.
+
+    Attributes:
+      accepted: the evaluated point becomes the new iterate (one iteration done).
+      failed: the method cannot go on (its line search failed); ends the solve with
+        ``Status.LINESEARCH_FAILED``.
+    """
+
+    accepted: jax.Array | bool
+    failed: jax.Array | bool = False
+
+
+class Stepper(NamedTuple):
+    """A method's pure functions, built for one set of options.
+
+    Attributes:
+      init: ``(ev0, box) -> (state, x_trial)``: from the evaluation at the (projected)
+        x0, the initial state and the first point to evaluate.
+      step: ``(state, ev, box) -> (state, x_trial, StepOutcome)``: consume the
+        evaluation at the last trial point. ``state`` must keep its types and dtypes.
+      uses_ftol: the driver applies scipy's relative-reduction rule (``ftol``).
+      has_memory: the update carries momentum, so a small gradient at one iterate does
+        not mean the method has come to rest (Adam coasts through a saddle); the driver
+        then asks for ``gtol`` to hold at two consecutive iterates.
+    """
+
+    init: Callable[[Evaluation, Box | None], tuple[State, PyTree]]
+    step: Callable[[State, Evaluation, Box | None], tuple[State, PyTree, StepOutcome]]
+    uses_ftol: bool = False
+    has_memory: bool = False
+
+
+class Method(NamedTuple):
+    """A registered optimization method.
+
+    Attributes:
+      name: what users pass as ``method`` (matched case-insensitively).
+      make: ``opts -> Stepper``. ``opts`` maps every option name to its value: static
+        options and ``None`` as Python values, numeric ones as (possibly traced) arrays.
+      options: the method's own options; the common ones (``maxiter``, ``gtol``, ...) are
+        added by the driver unless the method lists them itself (e.g. another default).
+      supports_bounds: the method accepts ``bounds``; then every point it asks to have
+        evaluated must lie in the box.
+      needs_hessian: the driver also evaluates the Hessian (``Evaluation.hess``).
+      default_maxiter: ``maxiter`` when the user gives none.
+    """
+
+    name: str
+    make: Callable[[Mapping[str, Any]], Stepper]
+    options: tuple[Option, ...] = ()
+    supports_bounds: bool = False
+    needs_hessian: bool = False
+    default_maxiter: int = 1000
+
+
+def as_bool(value: Any) -> jax.Array:
+    """A Python or array boolean as a scalar bool array (for StepOutcome fields)."""
+    return jnp.asarray(value, dtype=bool)

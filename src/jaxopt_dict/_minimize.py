@@ -1,0 +1,110 @@
+"""The front door: canonicalize -> validate (no tracing) -> dispatch -> loop -> result."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxopt_dict._loop import LoopConfig, run
+from jaxopt_dict._method import Box, Method
+from jaxopt_dict._options import Option, common_options, resolve_options, split_static
+from jaxopt_dict._problem import Objective, canonicalize_bounds, canonicalize_x0
+from jaxopt_dict._result import OptimizeResult
+from jaxopt_dict.methods import method_names, methods_with_bounds, resolve_method
+
+PyTree = Any
+
+
+def option_specs(method: Method) -> tuple[Option, ...]:
+    """All options ``method`` takes: its own, then the common ones it does not override."""
+    own = {spec.name for spec in method.options}
+    common = tuple(s for s in common_options(method.default_maxiter) if s.name not in own)
+    return method.options + common
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _solve(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None) -> OptimizeResult:
+    method, objective, static_opts, callback = static
+    opts = {**dict(static_opts), **dynamic}
+    stepper = method.make(opts)
+    evaluate = functools.partial(objective.evaluate, args=args, hessian=method.needs_hessian)
+    config = LoopConfig(
+        maxiter=opts["maxiter"], disp=opts["disp"], trace=opts["trace"], callback=callback
+    )
+    return run(stepper, evaluate, x0, box, opts, config)
+
+
+def minimize(
+    fun: Callable[..., Any],
+    x0: PyTree,
+    *,
+    args: tuple = (),
+    method: str | Method | optax.GradientTransformation = "L-BFGS-B",
+    jac: bool | Callable[..., PyTree] | None = None,
+    bounds: tuple[Any, Any] | None = None,
+    tol: float | None = None,
+    options: Mapping[str, Any] | None = None,
+    callback: Callable[[OptimizeResult], Any] | None = None,
+) -> OptimizeResult:
+    """Minimize a scalar function of a pytree, scipy-style, in one compiled loop.
+
+    Args:
+      fun: ``fun(x, *args) -> scalar``, JAX-traceable; ``x`` has x0's structure.
+      x0: a pytree of floating arrays (leaves of any shapes; float32/float64 each kept).
+      args: a tuple of pytrees passed to ``fun``; may hold traced values.
+      method: a name (case-insensitive, see ``method_names()``), a ``Method``, or an
+        ``optax.GradientTransformation`` run to convergence.
+      jac: ``None`` (``jax.value_and_grad``), ``True`` (``fun`` returns ``(f, grad)``), or
+        a callable ``jac(x, *args)`` returning the gradient.
+      bounds: ``None`` or ``(lower, upper)``; each side None, a scalar, or a pytree like x0.
+      tol: sets ``gtol`` (and ``ftol`` where the method uses it) unless options give them.
+      options: method options (``maxiter``, ``gtol``, ``learning_rate``, ...).
+      callback: ``callback(intermediate_result)`` on the host after every iteration.
+
+    Returns:
+      An ``OptimizeResult``; ``res.x`` has x0's structure, shapes and dtypes.
+
+    Raises:
+      TypeError: wrong kinds of input (non-float x0 leaves, non-scalar fun, unknown option).
+      ValueError: wrong values (bad bounds, unknown method, option out of range).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxopt_dict as jd
+      >>> res = jd.minimize(lambda x: jnp.sum((x["a"] - 1.0) ** 2) + x["b"] ** 2,
+      ...                   {"a": jnp.zeros(3), "b": jnp.asarray(2.0)}, method="GD")
+      >>> bool(res.success), [round(float(v), 4) for v in res.x["a"]]
+      (True, [1.0, 1.0, 1.0])
+    """
+    method_rec = resolve_method(method)
+    x0 = canonicalize_x0(x0)
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable.")
+    objective = Objective(fun, jac)
+    objective.check(x0, args)
+    box = canonicalize_bounds(bounds, x0)
+    if box is not None and not method_rec.supports_bounds:
+        raise ValueError(
+            f"Method {method_rec.name!r} does not take bounds; methods that do: "
+            f"{', '.join(methods_with_bounds())}."
+        )
+    specs = option_specs(method_rec)
+    options = dict(options or {})
+    if tol is not None:
+        for name in ("gtol", "ftol"):
+            if any(spec.name == name for spec in specs):
+                options.setdefault(name, tol)
+    values = resolve_options(method_rec.name, specs, options)
+    static_opts, dynamic = split_static(specs, values)
+    dynamic = {k: jnp.asarray(v) for k, v in dynamic.items()}
+    static = (method_rec, objective, static_opts, callback)
+    return _solve(static, x0, args, dynamic, box)
+
+
+__all__ = ["minimize", "method_names", "option_specs"]

@@ -1,0 +1,168 @@
+"""Option specifications: one record per option, validated before anything is traced.
+
+Numeric options travel into the compiled solve as array leaves (so a new learning rate or
+tolerance does not recompile); options marked ``static`` are Python values baked into the
+program (``maxiter``, ``maxcor``, ``disp``, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+SCIPY_FTOL = 2.220446049250313e-09
+
+
+class Option(NamedTuple):
+    """How one option is named, typed, defaulted and range-checked.
+
+    Attributes:
+      name: the key users write in ``options``.
+      default: the value used when the key is absent.
+      kind: ``float``, ``int`` or ``bool``; ``object`` accepts anything (e.g. callables).
+      static: baked into the compiled program (changing it recompiles).
+      low, high: the allowed range, inclusive unless ``open_low``/``open_high``.
+      allow_none: ``None`` is a meaningful value (e.g. GD's line-search mode).
+    """
+
+    name: str
+    default: Any
+    kind: type = float
+    static: bool = False
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    allow_none: bool = False
+
+
+ALIASES = {"history_size": "maxcor"}
+
+
+def common_options(maxiter: int = 1000) -> tuple[Option, ...]:
+    """The options every method takes (SPEC section 2)."""
+    return (
+        Option("maxiter", maxiter, int, static=True, low=0),
+        Option("maxfun", 15000, int, low=1),
+        Option("gtol", 1e-5, float, low=0.0),
+        Option("xtol", 0.0, float, low=0.0),
+        Option("disp", False, bool, static=True),
+        Option("trace", False, bool, static=True),
+    )
+
+
+def line_search_options(maxls: int = 20) -> tuple[Option, ...]:
+    """Options of methods that take line searches: scipy's ftol rule and trial budget."""
+    return (
+        Option("ftol", SCIPY_FTOL, float, low=0.0),
+        Option("maxls", maxls, int, static=True, low=1),
+    )
+
+
+def _is_traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def _check_value(method: str, spec: Option, value: Any) -> Any:
+    """Return the canonical value of one option, or raise a clear error."""
+    where = f"options[{spec.name!r}] for method {method!r}"
+    if value is None:
+        if spec.allow_none:
+            return None
+        raise ValueError(f"{where} may not be None.")
+    if spec.kind is object:
+        return value
+    if spec.kind is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{where} must be a bool, got {value!r}.")
+        return bool(value)
+    if _is_traced(value) or isinstance(value, jax.Array) and not spec.static:
+        if spec.static:
+            raise ValueError(f"{where} is structural and must be a Python {spec.kind.__name__}.")
+        if np.ndim(value) != 0:
+            raise ValueError(f"{where} must be a scalar, got shape {np.shape(value)}.")
+        if _is_traced(value):
+            return value  # Range checks need a concrete value; traced ones are trusted.
+        value_for_check = float(value)
+    else:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating, np.ndarray)
+        ):
+            raise ValueError(f"{where} must be a {spec.kind.__name__}, got {value!r}.")
+        if np.ndim(value) != 0:
+            raise ValueError(f"{where} must be a scalar, got shape {np.shape(value)}.")
+        if spec.kind is int:
+            if float(value) != int(value):
+                raise ValueError(f"{where} must be an integer, got {value!r}.")
+            value = int(value)
+        else:
+            value = float(value)
+        value_for_check = float(value)
+    if math.isnan(value_for_check):
+        raise ValueError(f"{where} is NaN.")
+    if spec.low is not None and (
+        value_for_check < spec.low or (spec.open_low and value_for_check == spec.low)
+    ):
+        bound = ">" if spec.open_low else ">="
+        raise ValueError(f"{where} must be {bound} {spec.low}, got {value!r}.")
+    if spec.high is not None and (
+        value_for_check > spec.high or (spec.open_high and value_for_check == spec.high)
+    ):
+        bound = "<" if spec.open_high else "<="
+        raise ValueError(f"{where} must be {bound} {spec.high}, got {value!r}.")
+    return value
+
+
+def resolve_options(
+    method: str, specs: tuple[Option, ...], options: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Fill defaults, resolve aliases, and validate ``options`` against ``specs``.
+
+    Raises:
+      TypeError: ``options`` is not a mapping, or has a key the method does not take.
+      ValueError: a value of the wrong type or out of range.
+    """
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}.")
+    by_name = {spec.name: spec for spec in specs}
+    resolved: dict[str, Any] = {}
+    for key, value in options.items():
+        name = ALIASES.get(key, key)
+        if name not in by_name:
+            valid = sorted(by_name)
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"Unknown option {key!r} for method {method!r}.{hint} "
+                f"Valid options: {', '.join(valid)}."
+            )
+        if name in resolved:
+            raise TypeError(f"Option {name!r} given twice (through an alias) for {method!r}.")
+        resolved[name] = _check_value(method, by_name[name], value)
+    for spec in specs:
+        resolved.setdefault(spec.name, spec.default)
+    return resolved
+
+
+def split_static(
+    specs: tuple[Option, ...], values: Mapping[str, Any]
+) -> tuple[tuple[tuple[str, Any], ...], dict[str, Any]]:
+    """Split resolved options into static (hashable, Python) and dynamic (array) parts.
+
+    ``None`` values are static: whether an option is set changes the program.
+    """
+    static, dynamic = [], {}
+    for spec in specs:
+        value = values[spec.name]
+        if spec.static or value is None or spec.kind is object:
+            static.append((spec.name, value))
+        else:
+            dynamic[spec.name] = value
+    return tuple(static), dynamic

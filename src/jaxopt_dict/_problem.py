@@ -1,0 +1,199 @@
+"""Turn the user's ``fun``/``jac``/``args``/``x0``/``bounds`` into canonical pieces.
+
+Everything here runs before tracing: bad input gets a clear error naming the offending key
+path instead of a stack trace from inside a compiled loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from jaxopt_dict._method import Box, Evaluation
+
+PyTree = Any
+
+
+def _path(path) -> str:
+    return jax.tree_util.keystr(path) or "(root)"
+
+
+def canonicalize_x0(x0: PyTree) -> PyTree:
+    """Check that every leaf of ``x0`` is a real floating array and make it a jax array.
+
+    Raises:
+      TypeError: an integer, boolean, complex or non-numeric leaf.
+      ValueError: ``x0`` has no leaves.
+    """
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(x0)
+    if not leaves_with_path:
+        raise ValueError("x0 has no array leaves: there is nothing to optimize.")
+    leaves = []
+    for path, leaf in leaves_with_path:
+        if isinstance(leaf, (bool, np.bool_)) or isinstance(leaf, (int, np.integer)):
+            raise TypeError(
+                f"x0{_path(path)} is an integer or boolean ({leaf!r}); x0 must hold floating "
+                "arrays (write 1.0, not 1)."
+            )
+        try:
+            dtype = jnp.result_type(leaf)
+        except TypeError as err:
+            raise TypeError(f"x0{_path(path)} is not an array: {type(leaf).__name__}.") from err
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"x0{_path(path)} has dtype {dtype}; x0 must hold real floating arrays "
+                "(float32 or float64)."
+            )
+        leaves.append(jnp.asarray(leaf))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _bound_side(side: Any, x0: PyTree, name: str, fill: float) -> PyTree:
+    """One side of ``bounds`` as a pytree with x0's structure, shapes and dtypes."""
+    if side is None:
+        return jax.tree.map(lambda x: jnp.full(x.shape, fill, x.dtype), x0)
+    if isinstance(side, (int, float, np.number)) or (
+        isinstance(side, (np.ndarray, jax.Array)) and side.ndim == 0
+    ):
+        return jax.tree.map(lambda x: jnp.full(x.shape, side, x.dtype), x0)
+    x_paths, x_def = jax.tree_util.tree_flatten_with_path(x0)
+    b_paths, b_def = jax.tree_util.tree_flatten_with_path(side, is_leaf=lambda v: v is None)
+    if b_def != x_def:
+        x_keys = {_path(p) for p, _ in x_paths}
+        b_keys = {_path(p) for p, _ in b_paths}
+        missing = sorted(x_keys - b_keys)
+        extra = sorted(b_keys - x_keys)
+        detail = []
+        if missing:
+            detail.append(f"missing {', '.join(missing)}")
+        if extra:
+            detail.append(f"unexpected {', '.join(extra)}")
+        if not detail:
+            detail.append(f"container types differ: {b_def} vs x0's {x_def}")
+        raise ValueError(f"bounds {name} does not have x0's structure: {'; '.join(detail)}.")
+    out = []
+    for (path, x), (_, b) in zip(x_paths, b_paths):
+        if b is None:
+            out.append(jnp.full(x.shape, fill, x.dtype))
+            continue
+        try:
+            shape = np.broadcast_shapes(np.shape(b), x.shape)
+        except ValueError:
+            shape = None
+        if shape != x.shape:
+            raise ValueError(
+                f"bounds {name}{_path(path)} has shape {np.shape(b)}, which does not "
+                f"broadcast to x0{_path(path)}'s shape {x.shape}."
+            )
+        out.append(jnp.broadcast_to(jnp.asarray(b, dtype=x.dtype), x.shape))
+    return jax.tree_util.tree_unflatten(x_def, out)
+
+
+def canonicalize_bounds(bounds: Any, x0: PyTree) -> Box | None:
+    """``None`` or ``(lower, upper)`` -> a ``Box`` of full pytrees, or ``None`` if unbounded.
+
+    Raises:
+      ValueError: not a pair, structure or shape mismatch (naming the key path), or
+        lower > upper (checked where both are concrete; traced bounds are trusted).
+    """
+    if bounds is None:
+        return None
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise ValueError(
+            "bounds must be None or a pair (lower, upper); each side None, a scalar, or a "
+            "pytree with x0's structure."
+        )
+    lower, upper = bounds
+    if lower is None and upper is None:
+        return None
+    box = Box(_bound_side(lower, x0, "lower", -jnp.inf), _bound_side(upper, x0, "upper", jnp.inf))
+    for (path, lo), hi in zip(
+        jax.tree_util.tree_flatten_with_path(box.lower)[0], jax.tree.leaves(box.upper)
+    ):
+        if isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer):
+            continue
+        lo, hi = np.asarray(lo), np.asarray(hi)
+        if np.isnan(lo).any() or np.isnan(hi).any():
+            raise ValueError(f"bounds{_path(path)} contain NaN.")
+        if (lo > hi).any():
+            raise ValueError(f"bounds{_path(path)}: lower > upper at some entries.")
+    return box
+
+
+def _abstract(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)), tree)
+
+
+class Objective(NamedTuple):
+    """``fun`` and ``jac`` as the user gave them; hashable, so it can key the jit cache."""
+
+    fun: Callable[..., Any]
+    jac: Any = None  # None, True, or a callable
+
+    def check(self, x0: PyTree, args: tuple) -> None:
+        """Trace ``fun`` abstractly once (no compilation) and check what it returns.
+
+        Raises:
+          TypeError: non-scalar or non-float value, a ``jac=True`` fun that does not return
+            a pair, or a gradient whose structure differs from x0's.
+        """
+        if not callable(self.fun):
+            raise TypeError(f"fun must be callable, got {type(self.fun).__name__}.")
+        if not (self.jac is None or self.jac is True or callable(self.jac)):
+            raise TypeError("jac must be None, True, or a callable returning the gradient.")
+        out = jax.eval_shape(self.fun, _abstract(x0), *_abstract(args))
+        if self.jac is True:
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise TypeError(
+                    "jac=True means fun returns (value, gradient), but it returned "
+                    f"{jax.tree.structure(out)}."
+                )
+            value, grad = out
+        else:
+            value = out
+            grad = (
+                jax.eval_shape(self.jac, _abstract(x0), *_abstract(args))
+                if callable(self.jac)
+                else None
+            )
+        if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != ():
+            raise TypeError(
+                f"fun must return a scalar, got {getattr(value, 'shape', type(value).__name__)}."
+            )
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            raise TypeError(f"fun must return a real float, got dtype {value.dtype}.")
+        if grad is not None and jax.tree.structure(grad) != jax.tree.structure(x0):
+            raise TypeError(
+                f"the gradient has structure {jax.tree.structure(grad)}, but x0 has "
+                f"{jax.tree.structure(x0)}."
+            )
+
+    def value_and_grad(self, x: PyTree, args: tuple) -> tuple[jax.Array, PyTree]:
+        """f and its gradient in one fused evaluation; the gradient keeps x's dtypes."""
+        if self.jac is None:
+            f, g = jax.value_and_grad(self.fun)(x, *args)
+        elif self.jac is True:
+            f, g = self.fun(x, *args)
+        else:
+            f, g = self.fun(x, *args), self.jac(x, *args)
+        return jnp.asarray(f), optax.tree.cast_like(g, x)
+
+    def evaluate(self, x: PyTree, args: tuple, hessian: bool = False) -> Evaluation:
+        """An ``Evaluation`` at x; with ``hessian``, the Hessian as the Jacobian of the
+        gradient on the flattened parameters (``jax.jacobian`` twice, for ``jac=None``)."""
+        if not hessian:
+            return Evaluation(x, *self.value_and_grad(x, args))
+        flat, unravel = ravel_pytree(x)
+
+        def flat_grad(z):
+            f, g = self.value_and_grad(unravel(z), args)
+            return ravel_pytree(g)[0], (f, g)
+
+        hess, (f, g) = jax.jacobian(flat_grad, has_aux=True)(flat)
+        return Evaluation(x, f, g, hess)

@@ -1,0 +1,100 @@
+"""The result of a solve: scipy's field names, a pytree, and a status enum."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+PyTree = Any
+
+
+class Status(enum.IntEnum):
+    """Why a solve stopped. ``res.status`` holds one of these as an int32 array."""
+
+    CONVERGED = 0
+    MAX_ITER = 1
+    LINESEARCH_FAILED = 2
+    NONFINITE = 3
+    FTOL = 4
+    XTOL = 5
+
+    @property
+    def success(self) -> bool:
+        return self in (Status.CONVERGED, Status.FTOL, Status.XTOL)
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    Status.CONVERGED: "Converged: the (projected) gradient inf-norm is <= gtol.",
+    Status.MAX_ITER: "Stopped: maxiter or maxfun was reached before convergence.",
+    Status.LINESEARCH_FAILED: "Failed: the line search found no acceptable step.",
+    Status.NONFINITE: (
+        "Failed: f or its gradient became NaN or inf; x is the last finite iterate."
+    ),
+    Status.FTOL: "Converged: the relative reduction of f is <= ftol.",
+    Status.XTOL: "Converged: the step's inf-norm is <= xtol.",
+}
+
+# Internal status of a solve that is still going; seen only by per-iteration callbacks.
+RUNNING = -1
+
+
+def _message(status: int) -> str:
+    return "Iterating." if int(status) == RUNNING else Status(int(status)).message
+
+
+class Trace(NamedTuple):
+    """Iterates 0..maxiter of a solve run with ``options={"trace": True}``.
+
+    ``fun`` has shape ``(maxiter + 1,)``; ``x`` is x0's pytree with a leading axis of
+    length ``maxiter + 1`` on every leaf. Entries past ``nit`` repeat the final value.
+    """
+
+    fun: jax.Array
+    x: PyTree
+
+
+class OptimizeResult(NamedTuple):
+    """What ``minimize`` returns; a NamedTuple of arrays, so it passes ``jit``/``vmap``.
+
+    Attributes:
+      x: the solution, with x0's structure, shapes and dtypes; always the last iterate
+        whose f and gradient were finite.
+      fun: f at ``x``.
+      jac: the gradient at ``x``.
+      nit: iterations taken (accepted steps).
+      nfev: evaluations of ``fun`` (each gives value and gradient together).
+      njev: evaluations of the gradient (equal to ``nfev``: they are fused).
+      status: an int32 ``Status`` code.
+      success: ``status`` is CONVERGED, FTOL or XTOL.
+      trace: a ``Trace`` when ``options["trace"]`` is true, else ``None``.
+    """
+
+    x: PyTree
+    fun: jax.Array
+    jac: PyTree
+    nit: jax.Array
+    nfev: jax.Array
+    njev: jax.Array
+    status: jax.Array
+    success: jax.Array
+    trace: Trace | None = None
+
+    @property
+    def message(self) -> str | np.ndarray:
+        """Host-side text for ``status`` (an array of texts for a batched result)."""
+        status = np.asarray(self.status)
+        if status.ndim == 0:
+            return _message(int(status))
+        return np.vectorize(_message, otypes=[object])(status)
+
+    def __getitem__(self, key):  # scipy's OptimizeResult is a dict: res["x"] works there.
+        if isinstance(key, str):
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)

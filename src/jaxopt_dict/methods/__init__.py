@@ -1,0 +1,59 @@
+"""The method registry: one line per method. ``register_method`` adds a user's own."""
+
+from __future__ import annotations
+
+import optax
+
+from jaxopt_dict._method import Method
+from jaxopt_dict.methods.gd import GD
+from jaxopt_dict.methods.newton import NEWTON
+from jaxopt_dict.methods.optax_rules import ADAM, MOMENTUM, from_gradient_transformation
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Make ``method`` available by name (case-insensitive) to ``minimize``."""
+    if not isinstance(method, Method):
+        raise TypeError(f"register_method takes a Method, got {type(method).__name__}.")
+    _REGISTRY[method.name.lower()] = method
+    return method
+
+
+def method_names() -> list[str]:
+    """The registered method names, as users write them."""
+    return [m.name for m in _REGISTRY.values()]
+
+
+def methods_with_bounds() -> list[str]:
+    """The registered methods that accept ``bounds``."""
+    return [m.name for m in _REGISTRY.values() if m.supports_bounds]
+
+
+def resolve_method(method: str | Method | optax.GradientTransformation) -> Method:
+    """A ``Method`` from a name, a ``Method``, or an optax transformation.
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones).
+      TypeError: anything else.
+    """
+    if isinstance(method, Method):
+        return method
+    if isinstance(method, optax.GradientTransformation):
+        return from_gradient_transformation(method)
+    if isinstance(method, str):
+        found = _REGISTRY.get(method.lower())
+        if found is None:
+            raise ValueError(
+                f"Unknown method {method!r}. Known methods: {', '.join(method_names())}; "
+                "or pass an optax.GradientTransformation or a jaxopt_dict.Method."
+            )
+        return found
+    raise TypeError(
+        "method must be a name, a jaxopt_dict.Method or an optax.GradientTransformation, "
+        f"got {type(method).__name__}."
+    )
+
+
+for _method in (GD, MOMENTUM, ADAM, NEWTON):
+    register_method(_method)

@@ -1,0 +1,77 @@
+"""Methods that are one optax update rule run in the driver's loop: momentum, Adam, and
+any ``optax.GradientTransformation`` a user passes as ``method``.
+
+Each trip evaluates the point the previous update produced, so ``maxiter=k`` means exactly
+k updates. With bounds, every update is followed by a projection onto the box.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optax
+
+from jaxopt_dict._method import Method, StepOutcome, Stepper
+from jaxopt_dict._options import Option
+from jaxopt_dict._tree import project
+
+
+def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
+    """A ``Stepper`` taking one ``tx`` update per trip, projected onto the box."""
+
+    def advance(opt_state, ev, box):
+        updates, opt_state = tx.update(ev.g, opt_state, ev.x)
+        return opt_state, project(optax.apply_updates(ev.x, updates), box)
+
+    def init(ev, box):
+        return advance(tx.init(ev.x), ev, box)
+
+    def step(opt_state, ev, box):
+        opt_state, x_next = advance(opt_state, ev, box)
+        return opt_state, x_next, StepOutcome(accepted=True)
+
+    return Stepper(init, step, has_memory=True)
+
+
+def optax_method(
+    name: str,
+    make_tx: Callable[[Mapping[str, Any]], optax.GradientTransformation],
+    options: tuple[Option, ...] = (),
+) -> Method:
+    """A bounds-capable ``Method`` from a function building the optax rule from options."""
+    return Method(name, lambda opts: optax_stepper(make_tx(opts)), options, supports_bounds=True)
+
+
+# Heavy ball, TF core-API rule: dx = lr * g + p * dx_prev; x -= dx. optax's sgd keeps
+# t = g + p * t_prev and steps -lr * t, the same iterates for a constant learning rate.
+MOMENTUM = optax_method(
+    "momentum",
+    lambda o: optax.sgd(o["learning_rate"], momentum=o["momentum"]),
+    (
+        Option("learning_rate", 1e-2, float, low=0.0, open_low=True),
+        Option("momentum", 0.9, float, low=0.0, high=1.0, open_high=True),
+    ),
+)
+
+# Adam with bias correction, eps outside the square root: the optax and TF rule.
+ADAM = optax_method(
+    "Adam",
+    lambda o: optax.adam(o["learning_rate"], b1=o["b1"], b2=o["b2"], eps=o["eps"]),
+    (
+        Option("learning_rate", 1e-3, float, low=0.0, open_low=True),
+        Option("b1", 0.9, float, low=0.0, high=1.0, open_high=True),
+        Option("b2", 0.999, float, low=0.0, high=1.0, open_high=True),
+        Option("eps", 1e-8, float, low=0.0),
+    ),
+)
+
+
+@functools.lru_cache(maxsize=64)
+def from_gradient_transformation(tx: optax.GradientTransformation) -> Method:
+    """Wrap a user's optax transformation as a method (run to convergence, bounds ok).
+
+    Cached, so passing the same ``tx`` again reuses the compiled solve.
+    """
+    return optax_method(f"optax:{type(tx).__name__}@{id(tx):x}", lambda _: tx)
