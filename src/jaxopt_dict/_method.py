@@ -53,12 +53,16 @@ class Evaluation(NamedTuple):
       g: the gradient (x0's structure and dtypes).
       hess: the Hessian of f in ``ravel_pytree(x)`` coordinates, for methods with
         ``needs_hessian=True``; ``None`` otherwise.
+      aux: by-products of the same evaluation that a method's own objective (see
+        ``Method.prepare``) hands to its step; ``None`` otherwise. PG puts L's gradient
+        and Hessian in y space here, so its step needs no second evaluation of ``fun``.
     """
 
     x: PyTree
     f: jax.Array
     g: PyTree
     hess: jax.Array | None = None
+    aux: Any = None
 
 
 class StepOutcome(NamedTuple):
@@ -107,6 +111,13 @@ class Method(NamedTuple):
         evaluated must lie in the box.
       needs_hessian: the driver also evaluates the Hessian (``Evaluation.hess``).
       default_maxiter: ``maxiter`` when the user gives none.
+      prepare: ``(objective, opts) -> objective``, or ``None``. Called at the front door
+        with the user's objective (``_problem.Objective``) and the resolved options,
+        before anything is traced: it raises ``ValueError`` for option values that do
+        not fit together (PG without ``physics``) and returns the objective the driver
+        evaluates (PG: ``x -> L(physics(x))``). The returned object must be hashable (it
+        keys the jit cache) and offer ``check``, ``value_and_grad`` and ``evaluate`` as
+        ``Objective`` does.
     """
 
     name: str
@@ -115,6 +126,7 @@ class Method(NamedTuple):
     supports_bounds: bool = False
     needs_hessian: bool = False
     default_maxiter: int = 1000
+    prepare: Callable[[Any, Mapping[str, Any]], Any] | None = None
 
 
 def as_bool(value: Any) -> jax.Array:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxopt_dict._implicit import with_implicit_diff
 from jaxopt_dict._loop import LoopConfig, run
 from jaxopt_dict._method import Box, Method
 from jaxopt_dict._options import Option, common_options, resolve_options, split_static
@@ -27,8 +28,7 @@ def option_specs(method: Method) -> tuple[Option, ...]:
     return method.options + common
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _solve(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None) -> OptimizeResult:
+def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None) -> OptimizeResult:
     method, objective, static_opts, callback = static
     opts = {**dict(static_opts), **dynamic}
     stepper = method.make(opts)
@@ -37,6 +37,13 @@ def _solve(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None) -> O
         maxiter=opts["maxiter"], disp=opts["disp"], trace=opts["trace"], callback=callback
     )
     return run(stepper, evaluate, x0, box, opts, config)
+
+
+# One compiled program per (method, fun, static options, callback); differentiable in args
+# and bounds by implicit differentiation at the solution (SPEC section 4).
+_solve = jax.jit(
+    with_implicit_diff(_solve_impl, lambda static: static[1].value_and_grad), static_argnums=0
+)
 
 
 def minimize(
@@ -87,7 +94,6 @@ def minimize(
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable.")
     objective = Objective(fun, jac)
-    objective.check(x0, args)
     box = canonicalize_bounds(bounds, x0)
     if box is not None and not method_rec.supports_bounds:
         raise ValueError(
@@ -101,10 +107,13 @@ def minimize(
             if any(spec.name == name for spec in specs):
                 options.setdefault(name, tol)
     values = resolve_options(method_rec.name, specs, options)
+    if method_rec.prepare is not None:  # PG: requires physics; its driver sees L(physics(x)).
+        objective = method_rec.prepare(objective, values)
+    objective.check(x0, args)
     static_opts, dynamic = split_static(specs, values)
     dynamic = {k: jnp.asarray(v) for k, v in dynamic.items()}
     static = (method_rec, objective, static_opts, callback)
     return _solve(static, x0, args, dynamic, box)
 
 
-__all__ = ["minimize", "method_names", "option_specs"]
+__all__ = ["method_names", "minimize", "option_specs"]
