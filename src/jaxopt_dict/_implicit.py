@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from jaxopt_dict._method import Box
 
@@ -104,15 +105,20 @@ def implicit_tangent(
 
     _, dg_partial = jax.jvp(grad_x, (x, args), (dx_active, dargs))
     rhs = optax.tree.scale(-1.0, optax.tree.mul(free, dg_partial))
-    size = sum(np.size(leaf) for leaf in jax.tree.leaves(x))
-    maxiter = cg_maxiter if cg_maxiter is not None else 10 * size
+    # Solve in flat coordinates: custom_linear_solve transposes only when every entry of
+    # its right-hand side is linear in the tangents, and a raveled vector is (a pytree
+    # rhs may hold a leaf that is a constant zero, e.g. an unpenalized intercept).
+    flat_rhs, unravel = ravel_pytree(rhs)
+
+    def matvec(v):
+        return ravel_pytree(reduced_hessian(unravel(v)))[0]
 
     def cg(matvec, b):
-        dtype = jnp.result_type(*jax.tree.leaves(b))
-        tol = 1e-12 if dtype == jnp.float64 else 1e-6
+        tol = 1e-12 if b.dtype == jnp.float64 else 1e-6
+        maxiter = cg_maxiter if cg_maxiter is not None else 10 * b.size
         return jax.scipy.sparse.linalg.cg(matvec, b, tol=tol, maxiter=maxiter)[0]
 
-    dx_free = jax.lax.custom_linear_solve(reduced_hessian, rhs, cg, symmetric=True)
+    dx_free = unravel(jax.lax.custom_linear_solve(matvec, flat_rhs, cg, symmetric=True))
     dx = optax.tree.add(optax.tree.mul(free, dx_free), dx_active)
     _, (df, dg) = jax.jvp(value_and_grad, (x, args), (dx, dargs))
     return dx, df, dg
