@@ -1,10 +1,11 @@
 """jaxopt_dict: scipy-style minimization over pytrees, one compiled loop per solve."""
 
+from jaxopt_dict import methods  # noqa: F401  (jd.methods.resolve_method)
+from jaxopt_dict._batch import minimize_batch
 from jaxopt_dict._method import Box, Evaluation, Method, StepOutcome, Stepper
 from jaxopt_dict._minimize import minimize, option_specs
 from jaxopt_dict._options import Option
 from jaxopt_dict._result import OptimizeResult, Status, Trace
-from jaxopt_dict import methods
 from jaxopt_dict.methods import method_names, methods_with_bounds, register_method
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ __all__ = [
     "method_names",
     "methods_with_bounds",
     "minimize",
+    "minimize_batch",
     "option_specs",
     "register_method",
 ]

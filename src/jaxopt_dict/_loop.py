@@ -91,6 +91,144 @@ def _final_message(status) -> None:
     print(f"     {Status(int(status)).message}", flush=True)
 
 
+def start(
+    stepper: Stepper,
+    ev0: Evaluation,
+    box: Box | None,
+    opts: Mapping[str, Any],
+    config: LoopConfig,
+) -> _Carry:
+    """The loop's carry from the evaluation at the (already projected) starting point."""
+    gtol, maxfun = opts["gtol"], opts["maxfun"]
+    x0, f0 = ev0.x, ev0.f
+    finite0 = jnp.isfinite(f0) & all_finite(ev0.g)
+    state, trial = stepper.init(ev0, box)
+    small_gradient0 = inf_norm(projected_gradient(x0, ev0.g, box)) <= gtol
+    status0 = jnp.select(
+        [~finite0, small_gradient0 & (not stepper.has_memory), config.maxiter == 0, maxfun <= 1],
+        [Status.NONFINITE, Status.CONVERGED, Status.MAX_ITER, Status.MAX_ITER],
+        RUNNING,
+    ).astype(jnp.int32)
+    trace0 = None
+    if config.trace:
+        length = config.maxiter + 1
+        trace0 = Trace(
+            fun=jnp.full((length,), f0),
+            x=jax.tree.map(lambda v: jnp.broadcast_to(v, (length,) + v.shape), x0),
+        )
+    return _Carry(
+        state,
+        optax.tree.cast_like(trial, x0),
+        x0,
+        f0,
+        ev0.g,
+        jnp.asarray(0, jnp.int32),
+        jnp.asarray(1, jnp.int32),
+        status0,
+        small_gradient0,
+        trace0,
+    )
+
+
+def advance(
+    stepper: Stepper,
+    c: _Carry,
+    ev: Evaluation,
+    box: Box | None,
+    opts: Mapping[str, Any],
+    config: LoopConfig,
+) -> _Carry:
+    """One trip's bookkeeping: feed the evaluation at ``c.trial`` to the method, then decide
+    whether the solve goes on (the driver's stopping rules, in priority order)."""
+    gtol, xtol, maxfun = opts["gtol"], opts["xtol"], opts["maxfun"]
+    nfev = c.nfev + 1
+    finite = jnp.isfinite(ev.f) & all_finite(ev.g)
+    state, trial, outcome = stepper.step(c.state, ev, box)
+    # Keep the carry's dtypes exactly (a strongly typed float64 hyperparameter must not
+    # promote a float32 state).
+    state = jax.tree.map(lambda new, old: new.astype(old.dtype), state, c.state)
+    trial = optax.tree.cast_like(trial, c.trial)
+    accepted = jnp.asarray(outcome.accepted, bool) & finite
+    failed = jnp.asarray(outcome.failed, bool)
+    nit = c.nit + accepted.astype(jnp.int32)
+    x = optax.tree.where(accepted, ev.x, c.x)
+    f = jnp.where(accepted, ev.f, c.f)
+    g = optax.tree.where(accepted, ev.g, c.g)
+    pg_norm = inf_norm(projected_gradient(ev.x, ev.g, box))
+    step_norm = inf_norm(optax.tree.sub(ev.x, c.x))
+    reduction_small = False
+    if stepper.uses_ftol:
+        scale = jnp.maximum(jnp.maximum(jnp.abs(c.f), jnp.abs(ev.f)), 1.0)
+        reduction_small = c.f - ev.f <= effective_ftol(opts["ftol"], ev.f) * scale
+    small_gradient = jnp.where(accepted, pg_norm <= gtol, c.small_gradient)
+    converged = accepted & small_gradient
+    if stepper.has_memory:
+        converged = converged & c.small_gradient
+    status = jnp.select(
+        [
+            ~finite,
+            converged,
+            accepted & reduction_small,
+            accepted & (step_norm <= xtol),
+            failed,
+            accepted & (nit >= config.maxiter),
+            nfev >= maxfun,
+        ],
+        [
+            Status.NONFINITE,
+            Status.CONVERGED,
+            Status.FTOL,
+            Status.XTOL,
+            Status.LINESEARCH_FAILED,
+            Status.MAX_ITER,
+            Status.MAX_ITER,
+        ],
+        RUNNING,
+    ).astype(jnp.int32)
+    trace = c.trace
+    if trace is not None:
+        row = jnp.minimum(nit, config.maxiter)
+        trace = Trace(
+            fun=trace.fun.at[row].set(jnp.where(accepted, ev.f, trace.fun[row])),
+            x=jax.tree.map(
+                lambda buf, v: buf.at[row].set(jnp.where(accepted, v, buf[row])),
+                trace.x,
+                ev.x,
+            ),
+        )
+    if config.disp or config.callback is not None:
+        jax.debug.callback(_host_report(config), accepted, x, f, g, nit, nfev, pg_norm, step_norm)
+    return _Carry(state, trial, x, f, g, nit, nfev, status, small_gradient, trace)
+
+
+def finish(c: _Carry, config: LoopConfig) -> OptimizeResult:
+    """The result from the final carry (trace rows past ``nit`` repeat the final value)."""
+    trace = c.trace
+    if trace is not None:
+        past = jnp.arange(config.maxiter + 1) > c.nit
+        trace = Trace(
+            fun=jnp.where(past, c.f, trace.fun),
+            x=jax.tree.map(
+                lambda buf, v: jnp.where(past.reshape((-1,) + (1,) * v.ndim), v, buf),
+                trace.x,
+                c.x,
+            ),
+        )
+    success = (c.status == Status.CONVERGED) | (c.status == Status.FTOL)
+    success = success | (c.status == Status.XTOL)
+    return OptimizeResult(
+        x=c.x,
+        fun=c.f,
+        jac=c.g,
+        nit=c.nit,
+        nfev=c.nfev,
+        njev=c.nfev,
+        status=c.status,
+        success=success,
+        trace=trace,
+    )
+
+
 def run(
     stepper: Stepper,
     evaluate: Callable[[PyTree], Evaluation],
@@ -109,133 +247,20 @@ def run(
       opts: ``gtol``, ``xtol``, ``maxfun`` and, for ``stepper.uses_ftol``, ``ftol``.
       config: the static settings.
     """
-    gtol, xtol, maxfun = opts["gtol"], opts["xtol"], opts["maxfun"]
-    x0 = project(x0, box)
-    ev0 = evaluate(x0)
-    f0 = ev0.f
-    finite0 = jnp.isfinite(f0) & all_finite(ev0.g)
-    state, trial = stepper.init(ev0, box)
-    small_gradient0 = inf_norm(projected_gradient(x0, ev0.g, box)) <= gtol
-    status0 = jnp.select(
-        [~finite0, small_gradient0 & (not stepper.has_memory), config.maxiter == 0, maxfun <= 1],
-        [Status.NONFINITE, Status.CONVERGED, Status.MAX_ITER, Status.MAX_ITER],
-        RUNNING,
-    ).astype(jnp.int32)
-    trace0 = None
-    if config.trace:
-        length = config.maxiter + 1
-        trace0 = Trace(
-            fun=jnp.full((length,), f0),
-            x=jax.tree.map(lambda v: jnp.broadcast_to(v, (length,) + v.shape), x0),
-        )
-    report = _host_report(config) if (config.disp or config.callback) else None
+    ev0 = evaluate(project(x0, box))
+    carry = start(stepper, ev0, box, opts, config)
     if config.disp:
         jax.debug.callback(
             lambda f, pg: print(f"iter      0  f = {float(f): .8e}  |pg|_inf = {float(pg):.3e}"),
-            f0,
-            inf_norm(projected_gradient(x0, ev0.g, box)),
+            ev0.f,
+            inf_norm(projected_gradient(ev0.x, ev0.g, box)),
         )
-
-    def cond(c: _Carry) -> jax.Array:
-        return c.status == RUNNING
 
     def body(c: _Carry) -> _Carry:
         ev = evaluate(c.trial)  # The one evaluation of this trip.
-        nfev = c.nfev + 1
-        finite = jnp.isfinite(ev.f) & all_finite(ev.g)
-        state, trial, outcome = stepper.step(c.state, ev, box)
-        # Keep the carry's dtypes exactly (a strongly typed float64 hyperparameter must not
-        # promote a float32 state).
-        state = jax.tree.map(lambda new, old: new.astype(old.dtype), state, c.state)
-        trial = optax.tree.cast_like(trial, c.trial)
-        accepted = jnp.asarray(outcome.accepted, bool) & finite
-        failed = jnp.asarray(outcome.failed, bool)
-        nit = c.nit + accepted.astype(jnp.int32)
-        x = optax.tree.where(accepted, ev.x, c.x)
-        f = jnp.where(accepted, ev.f, c.f)
-        g = optax.tree.where(accepted, ev.g, c.g)
-        pg_norm = inf_norm(projected_gradient(ev.x, ev.g, box))
-        step_norm = inf_norm(optax.tree.sub(ev.x, c.x))
-        reduction_small = False
-        if stepper.uses_ftol:
-            scale = jnp.maximum(jnp.maximum(jnp.abs(c.f), jnp.abs(ev.f)), 1.0)
-            reduction_small = c.f - ev.f <= effective_ftol(opts["ftol"], ev.f) * scale
-        small_gradient = jnp.where(accepted, pg_norm <= gtol, c.small_gradient)
-        converged = accepted & small_gradient
-        if stepper.has_memory:
-            converged = converged & c.small_gradient
-        status = jnp.select(
-            [
-                ~finite,
-                converged,
-                accepted & reduction_small,
-                accepted & (step_norm <= xtol),
-                failed,
-                accepted & (nit >= config.maxiter),
-                nfev >= maxfun,
-            ],
-            [
-                Status.NONFINITE,
-                Status.CONVERGED,
-                Status.FTOL,
-                Status.XTOL,
-                Status.LINESEARCH_FAILED,
-                Status.MAX_ITER,
-                Status.MAX_ITER,
-            ],
-            RUNNING,
-        ).astype(jnp.int32)
-        trace = c.trace
-        if trace is not None:
-            row = jnp.minimum(nit, config.maxiter)
-            trace = Trace(
-                fun=trace.fun.at[row].set(jnp.where(accepted, ev.f, trace.fun[row])),
-                x=jax.tree.map(
-                    lambda buf, v: buf.at[row].set(jnp.where(accepted, v, buf[row])),
-                    trace.x,
-                    ev.x,
-                ),
-            )
-        if report is not None:
-            jax.debug.callback(report, accepted, x, f, g, nit, nfev, pg_norm, step_norm)
-        return _Carry(state, trial, x, f, g, nit, nfev, status, small_gradient, trace)
+        return advance(stepper, c, ev, box, opts, config)
 
-    carry = _Carry(
-        state,
-        optax.tree.cast_like(trial, x0),
-        x0,
-        f0,
-        ev0.g,
-        jnp.asarray(0, jnp.int32),
-        jnp.asarray(1, jnp.int32),
-        status0,
-        small_gradient0,
-        trace0,
-    )
-    c = jax.lax.while_loop(cond, body, carry)
-    trace = c.trace
-    if trace is not None:
-        past = jnp.arange(config.maxiter + 1) > c.nit
-        trace = Trace(
-            fun=jnp.where(past, c.f, trace.fun),
-            x=jax.tree.map(
-                lambda buf, v: jnp.where(past.reshape((-1,) + (1,) * v.ndim), v, buf),
-                trace.x,
-                c.x,
-            ),
-        )
+    carry = jax.lax.while_loop(lambda c: c.status == RUNNING, body, carry)
     if config.disp:
-        jax.debug.callback(_final_message, c.status)
-    return OptimizeResult(
-        x=c.x,
-        fun=c.f,
-        jac=c.g,
-        nit=c.nit,
-        nfev=c.nfev,
-        njev=c.nfev,
-        status=c.status,
-        success=(c.status == Status.CONVERGED)
-        | (c.status == Status.FTOL)
-        | (c.status == Status.XTOL),
-        trace=trace,
-    )
+        jax.debug.callback(_final_message, carry.status)
+    return finish(carry, config)

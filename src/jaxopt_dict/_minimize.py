@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,11 +28,18 @@ def option_specs(method: Method) -> tuple[Option, ...]:
     return method.options + common
 
 
+@functools.partial(jax.jit, static_argnums=0, static_argnames="hessian")
+def evaluate_objective(objective: Objective, x: PyTree, args: tuple, hessian: bool):
+    # A jit (inlined by XLA) so the evaluation before the loop and the one in its body
+    # share one trace: a user's fun is traced once per compiled solve, not once per site.
+    return objective.evaluate(x, args, hessian)
+
+
 def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None) -> OptimizeResult:
     method, objective, static_opts, callback = static
     opts = {**dict(static_opts), **dynamic}
     stepper = method.make(opts)
-    evaluate = functools.partial(objective.evaluate, args=args, hessian=method.needs_hessian)
+    evaluate = functools.partial(evaluate_objective, objective, args=args, hessian=method.needs_hessian)
     config = LoopConfig(
         maxiter=opts["maxiter"], disp=opts["disp"], trace=opts["trace"], callback=callback
     )
@@ -42,8 +49,53 @@ def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None)
 # One compiled program per (method, fun, static options, callback); differentiable in args
 # and bounds by implicit differentiation at the solution (SPEC section 4).
 _solve = jax.jit(
-    with_implicit_diff(_solve_impl, lambda static: static[1].value_and_grad), static_argnums=0
+    with_implicit_diff(_solve_impl, lambda static: static.objective.value_and_grad),
+    static_argnums=0,
 )
+
+
+class SolveStatic(NamedTuple):
+    """Everything that keys the compiled program (hashable)."""
+
+    method: Method
+    objective: Objective
+    options: tuple[tuple[str, Any], ...]
+    callback: Callable[[OptimizeResult], Any] | None
+
+
+def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback):
+    """Validate and canonicalize ``minimize``'s inputs before anything is traced.
+
+    Returns:
+      ``(static, x0, dynamic, box)``: the hashable static part, the canonical x0, the
+      numeric options as arrays, and the canonical bounds (or ``None``).
+    """
+    method_rec = resolve_method(method)
+    x0 = canonicalize_x0(x0)
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable.")
+    objective = Objective(fun, jac)
+    box = canonicalize_bounds(bounds, x0)
+    if box is not None and not method_rec.supports_bounds:
+        raise ValueError(
+            f"Method {method_rec.name!r} does not take bounds; methods that do: "
+            f"{', '.join(methods_with_bounds())}."
+        )
+    specs = option_specs(method_rec)
+    options = dict(options or {})
+    if tol is not None:
+        for name in ("gtol", "ftol"):
+            if any(spec.name == name for spec in specs):
+                options.setdefault(name, tol)
+    values = resolve_options(method_rec.name, specs, options)
+    if method_rec.prepare is not None:  # PG: requires physics; its driver sees L(physics(x)).
+        objective = method_rec.prepare(objective, values)
+    objective.check(x0, args)
+    static_opts, dynamic = split_static(specs, values)
+    dynamic = {k: jnp.asarray(v) for k, v in dynamic.items()}
+    return SolveStatic(method_rec, objective, static_opts, callback), x0, dynamic, box
 
 
 def minimize(
@@ -87,32 +139,9 @@ def minimize(
       >>> bool(res.success), [round(float(v), 4) for v in res.x["a"]]
       (True, [1.0, 1.0, 1.0])
     """
-    method_rec = resolve_method(method)
-    x0 = canonicalize_x0(x0)
-    if not isinstance(args, tuple):
-        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
-    if callback is not None and not callable(callback):
-        raise TypeError("callback must be callable.")
-    objective = Objective(fun, jac)
-    box = canonicalize_bounds(bounds, x0)
-    if box is not None and not method_rec.supports_bounds:
-        raise ValueError(
-            f"Method {method_rec.name!r} does not take bounds; methods that do: "
-            f"{', '.join(methods_with_bounds())}."
-        )
-    specs = option_specs(method_rec)
-    options = dict(options or {})
-    if tol is not None:
-        for name in ("gtol", "ftol"):
-            if any(spec.name == name for spec in specs):
-                options.setdefault(name, tol)
-    values = resolve_options(method_rec.name, specs, options)
-    if method_rec.prepare is not None:  # PG: requires physics; its driver sees L(physics(x)).
-        objective = method_rec.prepare(objective, values)
-    objective.check(x0, args)
-    static_opts, dynamic = split_static(specs, values)
-    dynamic = {k: jnp.asarray(v) for k, v in dynamic.items()}
-    static = (method_rec, objective, static_opts, callback)
+    static, x0, dynamic, box = prepare_solve(
+        fun, x0, args, method, jac, bounds, tol, options, callback
+    )
     return _solve(static, x0, args, dynamic, box)
 
 

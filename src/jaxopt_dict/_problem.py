@@ -36,7 +36,7 @@ def canonicalize_x0(x0: PyTree) -> PyTree:
         raise ValueError("x0 has no array leaves: there is nothing to optimize.")
     leaves = []
     for path, leaf in leaves_with_path:
-        if isinstance(leaf, (bool, np.bool_)) or isinstance(leaf, (int, np.integer)):
+        if isinstance(leaf, (bool, np.bool_, int, np.integer)):
             raise TypeError(
                 f"x0{_path(path)} is an integer or boolean ({leaf!r}); x0 must hold floating "
                 "arrays (write 1.0, not 1)."
