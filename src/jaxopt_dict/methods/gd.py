@@ -15,6 +15,7 @@ from jaxopt_dict._linesearch import (
 )
 from jaxopt_dict._method import Method, StepOutcome, Stepper
 from jaxopt_dict._options import Option, line_search_options
+from jaxopt_dict._tree import projected_gradient
 from jaxopt_dict.methods.optax_rules import optax_stepper
 
 
@@ -33,9 +34,10 @@ def _line_search_stepper(maxls: int) -> Stepper:
         return search, backtracking_trial(search, box)
 
     def step(search: Backtracking, ev, box):
-        next_step = _initial_step(
-            search.f, ev.f, optax.tree.norm(ev.g, squared=True), search.step_size
-        )
+        # The projected gradient: components pushing into an active bound do not move x,
+        # and counting them would shrink every later step to nothing (a false FTOL stop).
+        pg_sq = optax.tree.norm(projected_gradient(ev.x, ev.g, box), squared=True)
+        next_step = _initial_step(search.f, ev.f, pg_sq, search.step_size)
         restarted = backtracking_start(ev, optax.tree.scale(-1.0, ev.g), next_step)
         search, accepted, failed = backtracking_advance(search, ev, maxls)
         search = optax.tree.where(accepted, restarted, search)

@@ -1,0 +1,53 @@
+"""Shared fixtures. x64 is NOT enabled here: modules that need float64 enable it themselves,
+and float32 tests pass explicit float32 arrays so they hold whichever mode is active."""
+
+from __future__ import annotations
+
+import jax
+import jax.monitoring
+import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is a test extra; test_properties skips without it.
+    pass
+else:
+    # Deterministic in CI: derandomized, no example database, no deadline (first examples
+    # include compilation).
+    settings.register_profile(
+        "jaxopt_dict",
+        max_examples=12,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    settings.load_profile("jaxopt_dict")
+
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileLog:
+    """Names of the XLA programs compiled while the fixture is active."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, event: str, duration: float, **kwargs) -> None:
+        if event == _BACKEND_COMPILE:
+            self.names.append(str(kwargs.get("fun_name", "?")))
+
+    def clear(self) -> None:
+        self.names.clear()
+
+
+@pytest.fixture
+def compile_log():
+    """Record backend compilations (``jax.monitoring`` events) during a test."""
+    log = CompileLog()
+    jax.monitoring.register_event_duration_secs_listener(log)
+    try:
+        yield log
+    finally:
+        jax.monitoring.unregister_event_duration_listener(log)

@@ -1,0 +1,322 @@
+"""Invariants (SPEC section 3): stable state types, no recompiles, bounded tracing, vmap
+equals single solves, and a vmapped batch costs what its hardest member costs alone."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from problems import (
+    COSH,
+    METHODS,
+    QUAD_MIXED,
+    cast_tree,
+    quad_mixed,
+    quad_mixed_args,
+)
+
+import jaxopt_dict as jd
+from jaxopt_dict.methods import resolve_method
+
+jax.config.update("jax_enable_x64", True)
+
+
+# ---------------------------------------------------------------------------------------
+# Method state: init and step produce the same types, shapes and dtypes
+# ---------------------------------------------------------------------------------------
+
+
+def _method_opts(method, overrides):
+    """Options as ``minimize`` hands them to ``method.make``: static ones as Python values,
+    numeric ones as arrays (built from Python scalars, as the front door does)."""
+    opts = {}
+    for spec in jd.option_specs(method):
+        value = overrides.get(spec.name, spec.default)
+        if not (spec.static or value is None or spec.kind is object):
+            value = jnp.asarray(value)
+        opts[spec.name] = value
+    return opts
+
+
+def _types(tree):
+    return jax.tree.map(lambda a: (a.shape, jnp.dtype(a.dtype)), tree)
+
+
+STATE_CASES = [
+    pytest.param(method_id, dtype, bounded, id=f"{method_id}-{dtype.__name__}{'-box' * bounded}")
+    for method_id in METHODS
+    for dtype in (jnp.float32, jnp.float64)
+    for bounded in (False, True)
+    if not (bounded and METHODS[method_id][0] == "Newton")
+]
+
+
+@pytest.mark.parametrize(("method_id", "dtype", "bounded"), STATE_CASES)
+def test_state_types_stable_across_init_and_step(method_id, dtype, bounded):
+    name, overrides = METHODS[method_id]
+    method = resolve_method(name)
+    stepper = method.make(_method_opts(method, overrides))
+    x0 = QUAD_MIXED.x0(dtype)
+    unravel = ravel_pytree(x0)[1]
+
+    def evaluate(x):
+        hess = None
+        if method.needs_hessian:
+            hess = jax.hessian(lambda z: quad_mixed(unravel(z)))(ravel_pytree(x)[0])
+        return jd.Evaluation(x, quad_mixed(x), jax.grad(quad_mixed)(x), hess)
+
+    box = jd.Box(*QUAD_MIXED.bounds(dtype)) if bounded else None
+
+    def init_and_two_steps(x0):
+        state0, trial0 = stepper.init(evaluate(x0), box)
+        state1, trial1, outcome1 = stepper.step(state0, evaluate(trial0), box)
+        state2, trial2, outcome2 = stepper.step(state1, evaluate(trial1), box)
+        return (state0, state1, state2), (trial0, trial1, trial2), (outcome1, outcome2)
+
+    # Abstract evaluation: types only, nothing is compiled.
+    states, trials, outcomes = jax.eval_shape(init_and_two_steps, x0)
+    assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
+    assert jax.tree.structure(states[0]) == jax.tree.structure(states[2])
+    assert _types(states[0]) == _types(states[1]) == _types(states[2])
+    for trial in trials:
+        assert jax.tree.structure(trial) == jax.tree.structure(x0)
+        assert _types(trial) == _types(x0)
+    for outcome in outcomes:
+        assert isinstance(outcome, jd.StepOutcome)
+        for flag in (outcome.accepted, outcome.failed):
+            assert getattr(flag, "shape", ()) == ()
+
+
+# ---------------------------------------------------------------------------------------
+# Compilation: no recompiles for new numbers; fun traced at most twice per solve
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method_id", ["GD-linesearch", "Adam"])
+def test_no_recompile_on_second_call_or_new_hyperparameters(method_id, compile_log):
+    name, options = METHODS[method_id]
+    x0 = QUAD_MIXED.x0()
+    lower, upper = QUAD_MIXED.bounds()
+    x0_new = jax.tree.map(lambda v: v + 0.25, x0)  # built before the log is cleared
+    upper_new = jax.tree.map(lambda v: v + 0.5, upper)
+    first = jd.minimize(quad_mixed, x0, method=name, options=options, bounds=(lower, upper))
+    compile_log.clear()
+    # The same call again.
+    jd.minimize(quad_mixed, x0, method=name, options=options, bounds=(lower, upper))
+    assert compile_log.names == []
+    # New numbers everywhere: x0 values, bounds values, every numeric hyperparameter.
+    new_options = {**options, "gtol": 1e-3, "xtol": 1e-12, "maxfun": 500}
+    if "learning_rate" in options:
+        new_options["learning_rate"] = 0.5 * options["learning_rate"]
+    if name == "momentum":
+        new_options["momentum"] = 0.3
+    if name == "Adam":
+        new_options.update(b1=0.8, b2=0.99, eps=1e-7)
+    if name == "GD" and "learning_rate" not in options:
+        new_options["ftol"] = 1e-6
+    second = jd.minimize(
+        quad_mixed, x0_new, method=name, options=new_options, bounds=(lower, upper_new)
+    )
+    assert compile_log.names == []
+    assert int(second.nit) != int(first.nit)  # the new numbers were used
+
+
+def test_compile_log_sees_a_structural_change(compile_log):
+    """Positive control for the tests above: maxiter is static, so a new value compiles."""
+    name, options = METHODS["GD-fixed"]
+    jd.minimize(COSH.fun, COSH.x0(), method=name, options={**options, "maxiter": 17})
+    assert compile_log.names
+
+
+def test_no_recompile_for_new_args_values(compile_log):
+    x0 = QUAD_MIXED.x0()
+    target = QUAD_MIXED.xstar()
+    moved = jax.tree.map(lambda t: t - 1.0, target)
+    jd.minimize(quad_mixed_args, x0, args=(target,), method="Newton")
+    compile_log.clear()
+    res = jd.minimize(quad_mixed_args, x0, args=(moved,), method="Newton")
+    assert compile_log.names == []
+    chex.assert_trees_all_close(res.x, moved, atol=1e-8)
+
+
+def _make_counted_fun():
+    """A fresh objective (new identity, so nothing is cached) counting its traces."""
+    count = [0]
+
+    def fun(x, scale):
+        count[0] += 1
+        return scale * jnp.sum(jnp.cosh(x["a"] - 0.5)) + jnp.sum((x["b"] - 1.0) ** 2)
+
+    return fun, count
+
+
+@pytest.mark.parametrize("method_id", ["GD-linesearch", "Adam", "Newton-linesearch"])
+def test_fun_traced_at_most_twice_per_solve(method_id, compile_log):
+    name, options = METHODS[method_id]
+    fun, traces = _make_counted_fun()
+    x0 = {"a": jnp.zeros(2), "b": jnp.zeros(())}
+    res = jd.minimize(fun, x0, args=(1.0,), method=name, options=options)
+    assert bool(res.success), res.message
+    assert 1 <= traces[0] <= 2, f"fun traced {traces[0]} times in one solve"
+    compile_log.clear()
+    before = traces[0]
+    new_options = {**options, "gtol": 1e-4}
+    if "learning_rate" in options:
+        new_options["learning_rate"] = 0.9 * options["learning_rate"]
+    jd.minimize(fun, x0, args=(2.0,), method=name, options=new_options)
+    assert traces[0] - before <= 1  # at most the abstract input check, never a retrace
+    assert compile_log.names == []
+
+
+_EVALUATIONS = [0]
+
+
+def _count_evaluation(x):
+    _EVALUATIONS[0] += 1
+    return np.zeros(np.shape(x)[:-1], np.float64)  # one zero per lane ("expand_dims")
+
+
+def cosh_counted(x):
+    """COSH, plus a host counter of (batched) evaluations whose result is added as 0 * c.
+
+    Under vmap the callback runs once per batched evaluation (vmap_method="expand_dims"),
+    so the counter counts trips of the batched loop, not lanes. Its input goes through
+    stop_gradient so that autodiff never needs the callback's derivative.
+    """
+    probe = jnp.ravel(jax.lax.stop_gradient(x["b"].u))
+    c = jax.pure_callback(
+        _count_evaluation,
+        jax.ShapeDtypeStruct((), jnp.float64),
+        probe,
+        vmap_method="expand_dims",
+    )
+    return COSH.fun(x) + 0.0 * c
+
+
+# ---------------------------------------------------------------------------------------
+# vmap: each lane gets what it gets alone
+# ---------------------------------------------------------------------------------------
+
+
+def _lane(tree, i):
+    return jax.tree.map(lambda v: v[i], tree)
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *vs: jnp.stack(vs), *trees)
+
+
+def _assert_lanes_equal_single_solves(batched, singles):
+    for i, single in enumerate(singles):
+        lane = _lane(batched, i)
+        chex.assert_trees_all_close(lane.x, single.x, rtol=1e-9, atol=1e-12)
+        chex.assert_trees_all_close(lane.fun, single.fun, rtol=1e-9, atol=1e-15)
+        for name in ("nit", "nfev", "status", "success"):
+            assert int(getattr(lane, name)) == int(getattr(single, name)), (i, name)
+
+
+# Lanes of different difficulty: one starts at the minimizer, one far away.
+COSH_X0_LANES = [
+    COSH.x0(),
+    jax.tree.map(lambda v: v + 1.0, COSH.x0()),
+    COSH.xstar(),
+    jax.tree.map(lambda v: 0.5 * v, COSH.x0()),
+]
+
+
+# One of each family: line-search GD, the optax-rule path (momentum, Adam, fixed GD share
+# it), Newton with and without a line search. The objective is cosh_counted (above), so
+# these compiled solves are shared with the evaluation-count test.
+VMAP_METHODS = ["GD-linesearch", "Adam", "Newton-linesearch", "Newton-fixed"]
+
+
+@pytest.mark.parametrize("method_id", VMAP_METHODS)
+def test_vmap_over_x0_equals_single_solves(method_id):
+    name, options = METHODS[method_id]
+    singles = [jd.minimize(cosh_counted, x0, method=name, options=options) for x0 in COSH_X0_LANES]
+    assert len({int(s.nfev) for s in singles}) > 1  # lanes really differ
+    batched = jax.vmap(lambda x0: jd.minimize(cosh_counted, x0, method=name, options=options))(
+        _stack(COSH_X0_LANES)
+    )
+    _assert_lanes_equal_single_solves(batched, singles)
+    assert list(batched.message) == [s.message for s in singles]
+
+
+TARGET_LANES = [
+    QUAD_MIXED.xstar(),
+    jax.tree.map(lambda t: -2.0 * t, QUAD_MIXED.xstar()),
+    QUAD_MIXED.x0(),  # x0 is already the answer for this lane
+]
+
+
+@pytest.mark.parametrize("method_id", ["GD-linesearch", "Newton-linesearch"])
+def test_vmap_over_args_equals_single_solves(method_id):
+    name, options = METHODS[method_id]
+    x0 = QUAD_MIXED.x0()
+
+    def solve(target):
+        return jd.minimize(quad_mixed_args, x0, args=(target,), method=name, options=options)
+
+    singles = [solve(t) for t in TARGET_LANES]
+    batched = jax.vmap(solve)(_stack(TARGET_LANES))
+    _assert_lanes_equal_single_solves(batched, singles)
+    for i, target in enumerate(TARGET_LANES):
+        chex.assert_trees_all_close(_lane(batched.x, i), target, atol=1e-4)
+
+
+def test_vmap_over_x0_and_args_together():
+    x0s = _stack([QUAD_MIXED.x0(), jax.tree.map(lambda v: v - 1.0, QUAD_MIXED.x0())])
+    targets = _stack(TARGET_LANES[:2])
+
+    def solve(x0, target):
+        options = METHODS["Adam"][1]
+        return jd.minimize(quad_mixed_args, x0, args=(target,), method="Adam", options=options)
+
+    batched = jax.vmap(solve)(x0s, targets)
+    singles = [solve(_lane(x0s, i), _lane(targets, i)) for i in range(2)]
+    _assert_lanes_equal_single_solves(batched, singles)
+
+
+def test_vmap_keeps_dtypes():
+    def dtype_of(path):
+        return jnp.float32 if "deep" in path else jnp.float64
+
+    lanes = [cast_tree(x0, dtype_of) for x0 in COSH_X0_LANES[:2]]
+    x0s = _stack(lanes)
+    name, options = METHODS["GD-fixed"]
+    res = jax.vmap(lambda x0: jd.minimize(COSH.fun, x0, method=name, options=options))(x0s)
+    assert jax.tree.structure(res.x) == jax.tree.structure(x0s)
+    chex.assert_trees_all_equal_shapes_and_dtypes(res.x, x0s)
+    chex.assert_trees_all_equal_shapes_and_dtypes(res.jac, x0s)
+    assert res.x["a"]["deep"].dtype == jnp.float32 and res.x["b"].u.dtype == jnp.float64
+    assert res.status.dtype == jnp.int32 and res.status.shape == (2,)
+    assert res.success.dtype == jnp.bool_ and res.success.shape == (2,)
+    assert res.nit.shape == (2,) and res.fun.shape == (2,)
+    assert bool(jnp.all(res.success))
+
+
+# ---------------------------------------------------------------------------------------
+# A vmapped batch costs no more batched evaluations than its hardest member alone
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method_id", VMAP_METHODS)
+def test_vmapped_batch_costs_its_hardest_member(method_id):
+    name, options = METHODS[method_id]
+    singles = []
+    for x0 in COSH_X0_LANES:
+        _EVALUATIONS[0] = 0
+        res = jd.minimize(cosh_counted, x0, method=name, options=options)
+        assert _EVALUATIONS[0] == int(res.nfev), "the counter sees every evaluation"
+        singles.append(res)
+    nfevs = [int(s.nfev) for s in singles]
+    assert len(set(nfevs)) > 1  # the lanes need different numbers of evaluations
+    _EVALUATIONS[0] = 0
+    batched = jax.vmap(lambda x0: jd.minimize(cosh_counted, x0, method=name, options=options))(
+        _stack(COSH_X0_LANES)
+    )
+    assert _EVALUATIONS[0] == max(nfevs) == int(jnp.max(batched.nfev))
+    assert [int(n) for n in batched.nfev] == nfevs  # and each lane reports its own count
