@@ -1,6 +1,6 @@
 """jaxopt_dict: scipy-style minimization over pytrees, one compiled loop per solve."""
 
-from jaxopt_dict import methods  # noqa: F401  (jd.methods.resolve_method)
+from jaxopt_dict import dict_minimize, methods  # noqa: F401  (jd.dict_minimize, jd.methods)
 from jaxopt_dict._batch import minimize_batch
 from jaxopt_dict._method import Box, Evaluation, Method, StepOutcome, Stepper
 from jaxopt_dict._minimize import minimize, option_specs

@@ -6,8 +6,10 @@ import optax
 
 from jaxopt_dict._method import Method
 from jaxopt_dict.methods.gd import GD
+from jaxopt_dict.methods.lbfgsb import LBFGS, LBFGSB
 from jaxopt_dict.methods.newton import NEWTON
 from jaxopt_dict.methods.optax_rules import ADAM, MOMENTUM, from_gradient_transformation
+from jaxopt_dict.methods.pg import PG
 
 _REGISTRY: dict[str, Method] = {}
 
@@ -57,3 +59,6 @@ def resolve_method(method: str | Method | optax.GradientTransformation) -> Metho
 
 for _method in (GD, MOMENTUM, ADAM, NEWTON):
     register_method(_method)
+register_method(PG)
+register_method(LBFGS)
+register_method(LBFGSB)

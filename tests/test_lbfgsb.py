@@ -1,0 +1,410 @@
+"""L-BFGS-B and L-BFGS against scipy on the MGH zoo, bounds, batching, float32, and the
+Moré–Thuente line search on its own.
+
+Compiled solves are shared: problems with the same x0 structure go through one
+dispatching objective (``problems_lbfgs.dispatcher``), and every solve is cached per
+module, so the file compiles about twenty programs.
+"""
+
+import functools
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize as so
+from problems_lbfgs import ALL, BY_NAME, dispatcher
+from scipy.optimize._dcsrch import DCSRCH
+
+import jaxopt_dict as jd
+from jaxopt_dict._linesearch import (
+    WolfeTask,
+    more_thuente_advance,
+    more_thuente_start,
+    more_thuente_step,
+)
+from jaxopt_dict._options import resolve_options
+
+# scipy's dcsrch evaluates a trial where exp overflows and bisects away from it; here
+# a non-finite evaluation ends the solve (SPEC section 7), so this one stops early.
+OVERFLOWS_IN_LINE_SEARCH = {"jennrich_sampson"}
+# Short, well-conditioned runs whose iterates match scipy's to rounding: same counts.
+EXACT_COUNTS = [
+    "rosenbrock_2",
+    "beale",
+    "helical_valley",
+    "bard",
+    "box_3d",
+    "wood",
+    "penalty_1",
+    "quadratic_box",
+    "outside_box",
+    "nnls",
+    "rosenbrock_box",
+    "logistic_box",
+]
+
+
+@functools.cache
+def scipy_result(name: str):
+    p = BY_NAME[name]
+    bounds = p.flat_bounds()
+    return so.minimize(
+        p.value_and_grad_np,
+        p.flatten(p.x0),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=None if bounds is None else so.Bounds(*bounds),
+    )
+
+
+@functools.cache
+def our_result(name: str):
+    p = BY_NAME[name]
+    fun, args = dispatcher(p)
+    return jd.minimize(fun, p.x0, args=args, method="L-BFGS-B", bounds=p.bounds)
+
+
+def known_solution(name: str):
+    p = BY_NAME[name]
+    if name == "nnls":  # the exact active set from the active-set NNLS solver
+        from problems_lbfgs import _NN_A, _NN_B
+
+        return so.nnls(_NN_A, _NN_B)[0]
+    return p.x_star
+
+
+@pytest.mark.parametrize("name", [p.name for p in ALL])
+def test_zoo_against_scipy(name):
+    p = BY_NAME[name]
+    ref, res = scipy_result(name), our_result(name)
+    x = p.flatten(res.x)
+    assert np.all(np.isfinite(x)) and np.isfinite(float(res.fun))
+    if name in OVERFLOWS_IN_LINE_SEARCH:
+        assert int(res.status) == jd.Status.NONFINITE
+        assert float(res.fun) <= float(p.fun_np(p.flatten(p.x0)))
+        return
+    if ref.success:
+        assert bool(res.success), res.message
+    # As good as scipy's minimum, at most a little more work.
+    scale = max(1.0, abs(ref.fun))
+    assert float(res.fun) <= ref.fun + 1e-6 * scale
+    assert int(res.nfev) <= 1.5 * ref.nfev + 3
+    np.testing.assert_allclose(float(res.fun), float(p.fun_np(x)), rtol=1e-10, atol=1e-12)
+    if p.bounds is None:
+        return
+    lower, upper = p.flat_bounds()
+    assert np.all(x >= lower) and np.all(x <= upper)
+    # Coordinates on a bound at the solution sit exactly on it: where the solution is
+    # known, and otherwise where scipy is on a bound with the gradient pushing outward.
+    star = known_solution(name)
+    if star is not None:
+        on_lower, on_upper = star == lower, star == upper
+        np.testing.assert_allclose(x, star, atol=1e-4)
+    else:
+        g = p.grad_np(ref.x)
+        on_lower = (ref.x == lower) & (g > 1e-4)
+        on_upper = (ref.x == upper) & (g < -1e-4)
+    assert np.array_equal(x[on_lower], lower[on_lower])
+    assert np.array_equal(x[on_upper], upper[on_upper])
+
+
+@pytest.mark.parametrize("name", EXACT_COUNTS)
+def test_same_counts_as_scipy(name):
+    ref, res = scipy_result(name), our_result(name)
+    assert (int(res.nit), int(res.nfev)) == (ref.nit, ref.nfev)
+
+
+def test_median_nfev_ratio():
+    """The targets: median nfev ours/scipy <= 1 on the unbounded and the bounded set."""
+    for bounded in (False, True):
+        ratios = [
+            int(our_result(p.name).nfev) / scipy_result(p.name).nfev
+            for p in ALL
+            if (p.bounds is not None) == bounded and p.name not in OVERFLOWS_IN_LINE_SEARCH
+        ]
+        assert np.median(ratios) <= 1.0
+
+
+def test_no_evaluation_outside_the_box():
+    """The bounded zoo objectives are NaN outside their boxes (``dispatcher``), so any
+    evaluation outside would have ended a solve with NONFINITE."""
+    for p in ALL:
+        if p.bounds is not None:
+            res = our_result(p.name)
+            assert int(res.status) != jd.Status.NONFINITE and bool(res.success), p.name
+
+
+# ---------------------------------------------------------------------------------------
+# vmap, float32, options.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, method", [("quadratic_box", "L-BFGS-B"), ("rosenbrock_10", "L-BFGS")]
+)
+def test_vmap_equals_single_solves(name, method):
+    """A batch gives each problem what it gets alone (and L-BFGS is L-BFGS-B unbounded)."""
+    p = BY_NAME[name]
+    fun, args = dispatcher(p)
+    shifts = np.array([0.0, 0.05, -0.1])
+    batch = jax.tree.map(lambda v: np.stack([v + s for s in shifts]), p.x0)
+    if p.bounds is not None:
+        batch = jax.tree.map(lambda v, lo, hi: np.clip(v, lo, hi), batch, *p.bounds)
+    batched = jax.vmap(lambda x0: jd.minimize(fun, x0, args=args, method=method, bounds=p.bounds))(
+        batch
+    )
+    for i in range(len(shifts)):
+        x0 = jax.tree.map(lambda v, i=i: v[i], batch)
+        single = jd.minimize(fun, x0, args=args, method="L-BFGS-B", bounds=p.bounds)
+        assert int(batched.nit[i]) == int(single.nit)
+        assert int(batched.nfev[i]) == int(single.nfev)
+        assert int(batched.status[i]) == int(single.status)
+        for a, b in zip(jax.tree.leaves(batched.x), jax.tree.leaves(single.x)):
+            np.testing.assert_allclose(a[i], b, rtol=1e-9, atol=1e-12)
+
+
+HONEST = {jd.Status.CONVERGED, jd.Status.FTOL, jd.Status.XTOL, jd.Status.LINESEARCH_FAILED}
+
+
+@pytest.mark.parametrize("name", ["rosenbrock_10", "rosenbrock_box"])
+def test_float32_ends_honestly(name):
+    p = BY_NAME[name]
+    x0 = jax.tree.map(lambda v: np.asarray(v, np.float32), p.x0)
+    bounds = None if p.bounds is None else jax.tree.map(np.float32, p.bounds)
+    res = jd.minimize(p.fun, x0, method="L-BFGS-B", bounds=bounds)
+    assert int(res.status) in HONEST, res.message
+    assert int(res.nit) < 2000  # ended on its own, not by wandering on rounding noise
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(res.x))
+    assert np.isfinite(float(res.fun))
+    ref = scipy_result(name).fun
+    assert float(res.fun) <= ref + 1e-3 * max(1.0, abs(ref))
+
+
+def test_lbfgs_takes_no_bounds():
+    p = BY_NAME["rosenbrock_10"]
+    with pytest.raises(ValueError, match="L-BFGS-B"):
+        jd.minimize(p.fun, p.x0, method="L-BFGS", bounds=(0.0, 1.0))
+
+
+def test_options():
+    p = BY_NAME["rosenbrock_2"]
+    fun, args = dispatcher(p)
+    specs = jd.option_specs(jd.methods.resolve_method("L-BFGS-B"))
+    assert resolve_options("L-BFGS-B", specs, {"history_size": 3})["maxcor"] == 3
+    for bad in ({"maxcor": 0}, {"maxls": 0}, {"maxcor": 2.5}):
+        with pytest.raises(ValueError):
+            jd.minimize(fun, p.x0, args=args, options=bad)
+    with pytest.raises(TypeError, match="maxcor"):
+        jd.minimize(fun, p.x0, args=args, options={"maxcorr": 3})
+    defaults = {s.name: s.default for s in specs}
+    assert defaults["maxiter"] == 15000 and defaults["maxfun"] == 15000
+    assert defaults["maxcor"] == 10 and defaults["maxls"] == 20 and defaults["gtol"] == 1e-5
+    assert defaults["ftol"] == 2.220446049250313e-09
+
+
+@pytest.mark.parametrize("name", ["powell_singular", "wood", "kowalik_osborne", "brown_dennis"])
+def test_maxls_failures_and_restarts_match_scipy(name):
+    """With one trial per search, scipy's failures (a failed search with pairs in memory
+    drops them and retries steepest descent once; without pairs it gives up) and its
+    successes are reproduced with the same counts; a failure keeps the last iterate."""
+    p = BY_NAME[name]
+    fun, args = dispatcher(p)
+    res = jd.minimize(fun, p.x0, args=args, options={"maxls": 1})
+    bounds = p.flat_bounds()
+    ref = so.minimize(
+        p.value_and_grad_np, p.flatten(p.x0), jac=True, method="L-BFGS-B", options={"maxls": 1}
+    )
+    assert bounds is None
+    assert (int(res.nit), int(res.nfev)) == (ref.nit, ref.nfev)
+    assert bool(res.success) == bool(ref.success)
+    if not ref.success:  # scipy: ABNORMAL_TERMINATION_IN_LNSRCH
+        assert int(res.status) == jd.Status.LINESEARCH_FAILED
+        np.testing.assert_allclose(p.flatten(res.x), ref.x, rtol=1e-8, atol=1e-10)
+        assert float(res.fun) <= float(p.fun_np(p.flatten(p.x0)))
+
+
+# ---------------------------------------------------------------------------------------
+# The Moré–Thuente state machine on its own.
+# ---------------------------------------------------------------------------------------
+
+_BETA = 0.002
+LINE_FUNCTIONS = {  # Moré & Thuente (1994), sec. 5, and two easy ones
+    "mt1": (lambda a: -a / (a * a + 2.0), lambda a: (a * a - 2.0) / (a * a + 2.0) ** 2),
+    "mt2": (
+        lambda a: (a + 0.004) ** 5 - 2.0 * (a + 0.004) ** 4,
+        lambda a: 5.0 * (a + 0.004) ** 4 - 8.0 * (a + 0.004) ** 3,
+    ),
+    "quadratic": (lambda a: (a - 3.0) ** 2, lambda a: 2.0 * (a - 3.0)),
+    "cubic": (lambda a: a**3 - 3.0 * a, lambda a: 3.0 * a * a - 3.0),
+}
+
+
+def drive(phi, dphi, stp, stpmax=1e10, budget=40):
+    """Run a search to its end; returns (trial steps, task)."""
+    search = more_thuente_start(phi(0.0), dphi(0.0), stp, stpmax)
+    trials = []
+    advance = jax.jit(more_thuente_advance)
+    for _ in range(budget):
+        a = float(more_thuente_step(search))
+        trials.append(a)
+        search, task = advance(search, phi(a), dphi(a))
+        if int(task) != WolfeTask.CONTINUE:
+            return trials, int(task)
+    raise AssertionError("no end")
+
+
+def drive_scipy(phi, dphi, stp, stpmax=1e10):
+    search = DCSRCH(phi, dphi, 1e-3, 0.9, 0.1, 0.0, stpmax)
+    f, g, task, trials = phi(0.0), dphi(0.0), b"START", []
+    for _ in range(40):
+        stp, f, g, task = search._iterate(stp, f, g, task)
+        if task[:2] != b"FG":
+            return trials, task
+        trials.append(stp)
+        f, g = phi(stp), dphi(stp)
+    raise AssertionError("no end")
+
+
+@pytest.mark.parametrize("name", sorted(LINE_FUNCTIONS))
+@pytest.mark.parametrize("stp", [1e-3, 0.1, 1.0, 10.0, 1e3])
+def test_more_thuente_strong_wolfe_and_scipy_trials(name, stp):
+    phi, dphi = LINE_FUNCTIONS[name]
+    trials, task = drive(phi, dphi, stp)
+    ref_trials, ref_task = drive_scipy(phi, dphi, stp)
+    np.testing.assert_allclose(trials, ref_trials, rtol=1e-12)
+    assert (task == WolfeTask.CONVERGED) == ref_task.startswith(b"CONV")
+    if task == WolfeTask.CONVERGED:
+        a = trials[-1]
+        assert phi(a) <= phi(0.0) + 1e-3 * a * dphi(0.0)
+        assert abs(dphi(a)) <= 0.9 * abs(dphi(0.0))
+
+
+def test_more_thuente_named_warnings():
+    # Decreasing all the way to stpmax: the search stops there.
+    trials, task = drive(lambda a: -a, lambda a: -1.0, 1.0, stpmax=5.0)
+    assert task == WolfeTask.WARN_STPMAX and trials[-1] == 5.0
+    # A minimizer too close to 0 for the curvature test: the bracket collapses (xtol).
+    phi, dphi = LINE_FUNCTIONS["mt2"]
+    _, task = drive(phi, dphi, 1.0)
+    assert task == WolfeTask.WARN_XTOL
+
+
+def test_more_thuente_state_stays_finite_and_typed():
+    search = more_thuente_start(1.0, -1.0, 1.0, 10.0)
+    # Degenerate inputs: zero slope change and equal values (0/0 in the interpolation).
+    nxt, _ = more_thuente_advance(search, 1.0, -1.0)
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(nxt))
+    assert jax.tree.map(lambda v: v.dtype, nxt) == jax.tree.map(lambda v: v.dtype, search)
+
+
+# ---------------------------------------------------------------------------------------
+# The vectorized generalized Cauchy point against the sequential breakpoint walk.
+# ---------------------------------------------------------------------------------------
+
+
+def sequential_cauchy(x, g, lower, upper, w, mid, theta):
+    """Byrd et al. (1995), algorithm CP, one breakpoint at a time, in NumPy."""
+    n = x.size
+    has_l, has_u = np.isfinite(lower), np.isfinite(upper)
+    fixed = has_l & has_u & (upper - lower <= 0)
+    at_l, at_u = has_l & (x <= lower), has_u & (x >= upper)
+    d, t = np.zeros(n), np.full(n, np.inf)
+    free, bnded = np.ones(n, bool), True
+    for i in range(n):
+        bounded = (has_l[i] or has_u[i]) and not fixed[i]
+        pinned = bounded and ((at_l[i] and g[i] >= 0) or (not at_l[i] and at_u[i] and g[i] <= 0))
+        idle = bounded and not at_l[i] and not at_u[i] and g[i] == 0
+        if fixed[i] or pinned:
+            free[i] = False
+            continue
+        if idle:
+            continue
+        d[i] = -g[i]
+        if has_l[i] and d[i] < 0:
+            t[i] = (x[i] - lower[i]) / g[i]
+        elif has_u[i] and d[i] > 0:
+            t[i] = (upper[i] - x[i]) / -g[i]
+        elif d[i] != 0:
+            bnded = False
+    xcp, p, c = x.copy(), w.T @ d, np.zeros(w.shape[1])
+    f1 = -d @ d
+    f2 = theta * (d @ d) - p @ mid @ p
+    f2_first, dtm, t_prev, tsum = f2, -f1 / f2, 0.0, 0.0
+    order = [i for i in np.argsort(t, kind="stable") if np.isfinite(t[i])]
+    for count, i in enumerate(order):
+        dt = t[i] - t_prev
+        if dtm < dt:
+            break
+        tsum, t_prev = tsum + dt, t[i]
+        di = d[i]
+        d[i] = 0.0
+        xcp[i] = upper[i] if di > 0 else lower[i]
+        free[i] = False
+        zi = xcp[i] - x[i]
+        f1 += dt * f2 + di * di - theta * di * zi
+        f2 -= theta * di * di
+        c = c + dt * p
+        v = mid @ w[i]
+        f1 += di * (c @ v)
+        f2 += 2.0 * di * (p @ v) - di * di * (w[i] @ v)
+        p = p - di * w[i]
+        f2 = max(np.finfo(float).eps * f2_first, f2)
+        if count + 1 < len(order):
+            dtm = -f1 / f2
+        else:
+            dtm = 0.0 if bnded else -f1 / f2
+    dtm = max(dtm, 0.0)
+    return xcp + (tsum + dtm) * d, free, c + dtm * p
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cauchy_point_matches_sequential_walk(seed):
+    from jaxopt_dict._cauchy import cauchy_point
+    from jaxopt_dict._compact import memory_empty, memory_push, middle_matrix, w_rows
+
+    rng = np.random.default_rng(seed)
+    n, pairs = 12, seed % 5  # up to 4 pairs, and none
+    lower = np.where(rng.random(n) < 0.7, -rng.random(n), -np.inf)
+    upper = np.where(rng.random(n) < 0.7, rng.random(n), np.inf)
+    upper[0] = lower[0] = -0.3  # a fixed variable
+    x = np.clip(rng.normal(size=n) * 0.5, lower, upper)
+    x[1] = lower[1] if np.isfinite(lower[1]) else x[1]  # one on a bound
+    g = rng.normal(size=n)
+    g[2] = 0.0
+    mem = memory_empty(5, n, jnp.float64)
+    push = jax.jit(memory_push)
+    for _ in range(pairs):
+        s = rng.normal(size=n)
+        y = s * rng.uniform(0.5, 2.0, size=n) + 0.1 * rng.normal(size=n)
+        mem = push(mem, s, y, s @ y, y @ y, s @ s)
+    mid = jax.jit(middle_matrix)(mem)
+    w = np.asarray(jax.jit(w_rows)(mem, jnp.arange(n)))
+    got = jax.jit(cauchy_point)(x, g, lower, upper, mem, mid)
+    xcp, free, c = sequential_cauchy(x, g, lower, upper, w, np.asarray(mid), float(mem.theta))
+    np.testing.assert_allclose(np.asarray(got.xcp), xcp, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(got.free), free)
+    np.testing.assert_allclose(np.asarray(got.c), c, rtol=1e-9, atol=1e-11)
+    on_bounds = ~free & ~(lower == upper)
+    assert np.all((xcp[on_bounds] == lower[on_bounds]) | (xcp[on_bounds] == upper[on_bounds]))
+
+
+def test_inverse_times_is_the_inverse_of_the_compact_matrix():
+    from jaxopt_dict._compact import inverse_times, memory_empty, memory_push, middle_matrix, w_rows
+
+    rng = np.random.default_rng(3)
+    n = 9
+    mem = memory_empty(4, n, jnp.float64)
+    push = jax.jit(memory_push)
+    for _ in range(7):  # wraps around the circular buffer
+        s = rng.normal(size=n)
+        y = s * rng.uniform(0.5, 2.0, size=n)
+        mem = push(mem, s, y, s @ y, y @ y, s @ s)
+    w = np.asarray(jax.jit(w_rows)(mem, jnp.arange(n)))
+    b = float(mem.theta) * np.eye(n) - w @ np.asarray(jax.jit(middle_matrix)(mem)) @ w.T
+    g = rng.normal(size=n)
+    hg = jax.jit(inverse_times)(mem, g)
+    np.testing.assert_allclose(np.asarray(hg), np.linalg.solve(b, g), rtol=1e-8)
