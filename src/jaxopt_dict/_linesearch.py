@@ -13,13 +13,14 @@ uses; the caller keeps its trial steps at or below the largest feasible step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxopt_dict._method import Box, Evaluation
+from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._tree import project
 
 PyTree = Any
@@ -66,6 +67,36 @@ def backtracking_advance(
     step_size = search.step_size * SHRINK
     failed = ~accepted & ((trials >= maxls) | (step_size == 0))
     return search._replace(step_size=step_size, trials=trials), accepted, failed
+
+
+def backtracking_stepper(
+    direction: Callable[[Evaluation], PyTree],
+    first_step: Callable[[Evaluation, Box | None], jax.Array],
+    next_step: Callable[[Backtracking, Evaluation, Box | None], jax.Array],
+    maxls: int,
+) -> Stepper:
+    """A method that searches along ``direction(ev)`` by Armijo backtracking, starting a
+    new search at every accepted point (GD and Newton in line-search mode).
+
+    Args:
+      direction: the search direction at an accepted evaluation.
+      first_step: the first trial step at x0.
+      next_step: the first trial step of the next search, from the finished search and
+        the accepted evaluation.
+      maxls: trial points per search before it fails.
+    """
+
+    def init(ev, box):
+        search = backtracking_start(ev, direction(ev), first_step(ev, box))
+        return search, backtracking_trial(search, box)
+
+    def step(search: Backtracking, ev, box):
+        restarted = backtracking_start(ev, direction(ev), next_step(search, ev, box))
+        search, accepted, failed = backtracking_advance(search, ev, maxls)
+        search = optax.tree.where(accepted, restarted, search)
+        return search, backtracking_trial(search, box), StepOutcome(accepted, failed)
+
+    return Stepper(init, step, uses_ftol=True)
 
 
 # --- Moré–Thuente strong-Wolfe search (MINPACK-2 ``dcsrch``) as a state machine. -------

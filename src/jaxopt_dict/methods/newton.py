@@ -11,12 +11,7 @@ import jax.scipy.linalg
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxopt_dict._linesearch import (
-    Backtracking,
-    backtracking_advance,
-    backtracking_start,
-    backtracking_trial,
-)
+from jaxopt_dict._linesearch import backtracking_stepper
 from jaxopt_dict._method import Evaluation, Method, StepOutcome, Stepper
 from jaxopt_dict._options import Option, line_search_options
 
@@ -56,23 +51,14 @@ def _fixed_stepper(learning_rate) -> Stepper:
     return Stepper(init, step)
 
 
-def _line_search_stepper(maxls: int) -> Stepper:
-    def init(ev, box):
-        search = backtracking_start(ev, _direction(ev), 1.0)
-        return search, backtracking_trial(search, box)
-
-    def step(search: Backtracking, ev, box):
-        restarted = backtracking_start(ev, _direction(ev), 1.0)
-        search, accepted, failed = backtracking_advance(search, ev, maxls)
-        search = optax.tree.where(accepted, restarted, search)
-        return search, backtracking_trial(search, box), StepOutcome(accepted, failed)
-
-    return Stepper(init, step, uses_ftol=True)
+def _unit_step(*_):
+    return 1.0
 
 
 def make(opts) -> Stepper:
     if opts["learning_rate"] is None:
-        return _line_search_stepper(opts["maxls"])
+        # Newton's natural step is 1 (the minimizer of the local quadratic model).
+        return backtracking_stepper(_direction, _unit_step, _unit_step, opts["maxls"])
     return _fixed_stepper(opts["learning_rate"])
 
 
