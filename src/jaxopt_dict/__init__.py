@@ -6,6 +6,7 @@ from jaxopt_dict._method import Box, Evaluation, Method, StepOutcome, Stepper
 from jaxopt_dict._minimize import minimize, option_specs
 from jaxopt_dict._options import Option
 from jaxopt_dict._result import OptimizeResult, Status, Trace
+from jaxopt_dict._tree import project
 from jaxopt_dict.methods import method_names, methods_with_bounds, register_method
 
 __version__ = "0.1.0"
@@ -25,5 +26,6 @@ __all__ = [
     "minimize",
     "minimize_batch",
     "option_specs",
+    "project",
     "register_method",
 ]
