@@ -8,18 +8,22 @@ accepted simply asks for another point on the next trip.
 
 Example: plain gradient descent in a few lines::
 
+    import optax, jaxopt_dict as jd
+
     def make(opts):
+        def advance(ev, box):
+            return jd.project(optax.tree.add_scale(ev.x, -opts["learning_rate"], ev.g), box)
+
         def init(ev, box):
-            return (), project(tree_add_scale(ev.x, -opts["learning_rate"], ev.g), box)
+            return (), advance(ev, box)
 
         def step(state, ev, box):
-            x_next = project(tree_add_scale(ev.x, -opts["learning_rate"], ev.g), box)
-            return state, x_next, StepOutcome(accepted=True)
+            return state, advance(ev, box), jd.StepOutcome(accepted=True)
 
-        return Stepper(init, step)
+        return jd.Stepper(init, step)
 
-    my_gd = Method("my-gd", make, options=(Option("learning_rate", 0.1),),
-                   supports_bounds=True)
+    my_gd = jd.Method("my-gd", make, options=(jd.Option("learning_rate", 0.1),),
+                      supports_bounds=True)
     jd.minimize(fun, x0, method=my_gd)
 """
 
