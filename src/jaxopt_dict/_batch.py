@@ -152,7 +152,7 @@ def minimize_batch(
       >>> centers = jnp.arange(6.0).reshape(3, 2)
       >>> res = jd.minimize_batch(lambda x, c: jnp.sum((x - c) ** 2), jnp.zeros((3, 2)),
       ...                         args=(centers,), method="Newton", lanes=2)
-      >>> res.x.tolist()
+      >>> jnp.round(res.x, 4).tolist()
       [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
     """
     leaves = jax.tree.leaves(x0) + jax.tree.leaves(args)
