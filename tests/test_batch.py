@@ -4,12 +4,12 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import chex  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-import jaxopt_dict as jd  # noqa: E402
+import jaxopt_dict as jd
 
 
 def rosenbrock(x):
@@ -25,8 +25,12 @@ STARTS = jax.random.uniform(jax.random.PRNGKey(3), (N, 2), minval=-2.0, maxval=2
 X0 = {"a": STARTS[:, 0], "b": STARTS[:, 1]}
 
 
+def _take(tree, i):
+    return jax.tree.map(lambda v: v[i], tree)
+
+
 def _single(i, method, **kw):
-    return jd.minimize(rosenbrock, jax.tree.map(lambda v: v[i], X0), method=method, **kw)
+    return jd.minimize(rosenbrock, _take(X0, i), method=method, **kw)
 
 
 @pytest.mark.parametrize("lanes", [1, 5, 100])
@@ -38,7 +42,7 @@ def test_each_result_equals_its_solve_alone(lanes):
         assert int(res.nit[i]) == int(alone.nit)
         assert int(res.nfev[i]) == int(alone.nfev)
         assert int(res.status[i]) == int(alone.status)
-        chex.assert_trees_all_close(jax.tree.map(lambda v: v[i], res.x), alone.x, rtol=1e-10)
+        chex.assert_trees_all_close(_take(res.x, i), alone.x, rtol=1e-10)
 
 
 def test_iteration_counts_differ_across_the_batch():
@@ -54,13 +58,22 @@ def test_batched_args_and_shared_bounds():
     scales = jnp.linspace(0.5, 3.0, 10)[:, None] * jnp.ones((10, 3))
     x0 = jnp.zeros((10, 3))
     res = jd.minimize_batch(
-        shifted_quadratic, x0, args=(centers, scales), method="GD", bounds=(-1.0, 1.0), lanes=3,
+        shifted_quadratic,
+        x0,
+        args=(centers, scales),
+        method="GD",
+        bounds=(-1.0, 1.0),
+        lanes=3,
         options={"ftol": 0.0, "gtol": 1e-9},
     )
     for i in range(10):
         alone = jd.minimize(
-            shifted_quadratic, x0[i], args=(centers[i], scales[i]), method="GD",
-            bounds=(-1.0, 1.0), options={"ftol": 0.0, "gtol": 1e-9},
+            shifted_quadratic,
+            x0[i],
+            args=(centers[i], scales[i]),
+            method="GD",
+            bounds=(-1.0, 1.0),
+            options={"ftol": 0.0, "gtol": 1e-9},
         )
         np.testing.assert_allclose(res.x[i], alone.x, rtol=1e-12, atol=1e-12)
         assert int(res.nit[i]) == int(alone.nit)

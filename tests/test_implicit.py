@@ -7,12 +7,12 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import chex  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-import jaxopt_dict as jd  # noqa: E402
+import jaxopt_dict as jd
 
 N_SAMPLES, N_FEATURES = 30, 5
 A = jax.random.normal(jax.random.PRNGKey(0), (N_SAMPLES, N_FEATURES))
@@ -74,7 +74,8 @@ def test_jacobian_and_jvp_match_closed_form(method):
         return _solve(lam, A, B, method).x
 
     chex.assert_trees_all_close(
-        jax.jacrev(solution)(0.3), jax.jacfwd(lambda l: ridge_closed_form(l, A, B))(0.3),
+        jax.jacrev(solution)(0.3),
+        jax.jacfwd(lambda l: ridge_closed_form(l, A, B))(0.3),
         atol=1e-7,
     )
     _, tangent = jax.jvp(solution, (0.3,), (1.0,))
@@ -102,18 +103,23 @@ def test_non_quadratic_against_finite_differences():
 
     def loss(temperature, logits):
         res = jd.minimize(
-            soft_max_entropy, {"z": jnp.zeros(4)}, args=(temperature, logits),
-            method="Newton", options=TIGHT,
+            soft_max_entropy,
+            {"z": jnp.zeros(4)},
+            args=(temperature, logits),
+            method="Newton",
+            options=TIGHT,
         )
         return jnp.sum(res.x["z"] ** 3)
 
     grads = jax.grad(loss, argnums=(0, 1))(0.8, logits)
     eps = 1e-5
     fd_t = (loss(0.8 + eps, logits) - loss(0.8 - eps, logits)) / (2 * eps)
-    fd_l = np.array([
-        (loss(0.8, logits.at[i].add(eps)) - loss(0.8, logits.at[i].add(-eps))) / (2 * eps)
-        for i in range(4)
-    ])
+    fd_l = np.array(
+        [
+            (loss(0.8, logits.at[i].add(eps)) - loss(0.8, logits.at[i].add(-eps))) / (2 * eps)
+            for i in range(4)
+        ]
+    )
     np.testing.assert_allclose(grads[0], fd_t, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(grads[1], fd_l, rtol=1e-6, atol=1e-8)
 
@@ -130,8 +136,12 @@ def test_active_bounds_have_zero_sensitivity(method):
 
     def solution(c, upper):
         res = jd.minimize(
-            bounded_quadratic, jnp.zeros(3), args=(c,), method=method,
-            bounds=(0.0, upper), options=TIGHT,
+            bounded_quadratic,
+            jnp.zeros(3),
+            args=(c,),
+            method=method,
+            bounds=(0.0, upper),
+            options=TIGHT,
         )
         return res.x
 
@@ -163,8 +173,9 @@ def test_grad_through_vmapped_solve():
 
 def test_x0_gets_zero_cotangent_and_unconverged_solve_still_differentiates():
     def from_start(x0, lam):
-        res = jd.minimize(ridge, x0, args=(lam, A, B), method="GD",
-                          options={"learning_rate": 1e-3, "maxiter": 5})
+        res = jd.minimize(
+            ridge, x0, args=(lam, A, B), method="GD", options={"learning_rate": 1e-3, "maxiter": 5}
+        )
         return _validation_loss(res.x), res
 
     (_, res), grads = jax.value_and_grad(from_start, argnums=(0, 1), has_aux=True)(X0, 0.7)
