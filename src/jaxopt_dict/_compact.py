@@ -34,7 +34,8 @@ class Memory(NamedTuple):
 
     Attributes:
       v: ``(2k, n)``: ``v[j] = s`` and ``v[k + j] = y`` of the pair in slot j.
-      gram: ``(2k, 2k)`` inner products of the rows of v (stale where a slot is unused).
+      gram: ``(2k, 2k)`` inner products of the rows of v (stale where a slot is unused,
+        and in the s rows and columns when pushed with ``s_rows=False``).
       r_inv: ``(k, k)`` the inverse of R in slot order; zero rows and columns for unused
         slots.
       age: ``(k,)`` int32, the update number (since the last reset) in each slot, -1 if
@@ -49,6 +50,24 @@ class Memory(NamedTuple):
     age: jax.Array
     count: jax.Array
     theta: jax.Array
+
+
+def materialize(tree):
+    """``tree`` unchanged, computed once.
+
+    XLA:CPU copies cheap elementwise producers into each consumer fusion; a reduction is
+    never copied, so each leaf goes through an exact one (``max(a, lowest)`` is ``a``,
+    NaN included). ``optimization_barrier`` would not do: XLA:CPU drops it before fusion.
+    """
+
+    def once(a):
+        a = jnp.asarray(a)
+        if a.dtype == jnp.bool_:
+            return jnp.any(jnp.stack([a, jnp.zeros_like(a)]), axis=0)
+        low = -jnp.inf if jnp.issubdtype(a.dtype, jnp.floating) else jnp.iinfo(a.dtype).min
+        return jnp.max(jnp.stack([a, jnp.full_like(a, low)]), axis=0)
+
+    return jax.tree.map(once, tree)
 
 
 def memory_empty(m: int, n: int, dtype) -> Memory:
@@ -101,6 +120,7 @@ def memory_push(
     ss: jax.Array,
     when: jax.Array | bool = True,
     products: jax.Array | None = None,
+    s_rows: bool = True,
 ) -> Memory:
     """Store the pair ``(s, y)``, dropping the oldest of m (scipy's ``matupd``), if
     ``when`` and its products with the stored pairs are finite.
@@ -114,6 +134,8 @@ def memory_push(
       products: ``pair_products(mem, [s, y])`` (2, 2k) if the caller has them (L-BFGS
         gets ``Y^T y`` from ``V g`` before and after the step; it needs no ``S^T s``);
         computed if None.
+      s_rows: whether to update the s rows and columns of ``gram`` (L-BFGS, which reads
+        only ``S^T y``'s diagonal and ``Y^T Y``, leaves them stale: half the work).
     """
     k = mem.age.shape[0]
     if products is None:
@@ -123,33 +145,54 @@ def memory_push(
     finite = jnp.all(jnp.isfinite(products))
     when = when & finite
     slot = mem.count % k
+    # ``at``: the slot the pair is stored in, -1 if it is not (then nothing below matches
+    # and the small matrices stay as they were, with no select over them on ``when``).
+    # These per-problem scalars are materialized once (see ``materialize``).
+    at = jnp.where(when, slot, -1)
+    at_y = jnp.where(when, k + slot, -1)
+    when, finite, slot, at, at_y, sy, yy, ss = materialize(
+        (when, finite, slot, at, at_y, sy, yy, ss)
+    )
     v = mem.v.at[slot].set(jnp.where(finite, s, 0.0))
     v = v.at[k + slot].set(jnp.where(finite, y, 0.0))
     index = jnp.arange(2 * k)
     s_row = jnp.where(index == slot, ss, jnp.where(index == k + slot, sy, products[0]))
     y_row = jnp.where(index == slot, sy, jnp.where(index == k + slot, yy, products[1]))
+    s_row, y_row = materialize((s_row, y_row))
     row, col = index[:, None], index[None, :]
-    gram = jnp.where(row == slot, s_row[None, :], jnp.where(col == slot, s_row[:, None], mem.gram))
-    gram = jnp.where(
-        row == k + slot, y_row[None, :], jnp.where(col == k + slot, y_row[:, None], gram)
-    )
-    age = jnp.where(jnp.arange(k) == slot, mem.count, mem.age)
-    new = Memory(v, gram, mem.r_inv, age, mem.count + 1, yy / sy)
+    gram = mem.gram
+    if s_rows:
+        gram = jnp.where(row == at, s_row[None, :], jnp.where(col == at, s_row[:, None], gram))
+    # (The y row's entry in column ``slot`` is ``s^T y`` as well.)
+    gram = jnp.where(row == at_y, y_row[None, :], jnp.where(col == at_y, y_row[:, None], gram))
+    count = mem.count + 1
+    age = jnp.where(jnp.arange(k) == at, mem.count, mem.age)
     # R gains the column S^T y (the pairs kept), and the oldest pair leaves: for a block
     # triangular R, [[R', r], [0, sy]]^{-1} = [[R'^-1, -R'^-1 r / sy], [0, 1/sy]], and
-    # dropping the first block keeps the rest of the inverse.
-    kept = valid_slots(new) & (jnp.arange(k) != slot)
-    r_inv = jnp.where(kept[:, None] & kept[None, :], mem.r_inv, 0.0)
+    # dropping the first block keeps the rest of the inverse. (Without ``when`` every
+    # slot is "kept" and the column is not written.)
+    m = k - 1
+    kept = (age >= 0) & (age >= count - m) & (jnp.arange(k) != slot)  # valid_slots(new)
+    kept = kept | ~when
+    # Of the slots not kept, only the one that leaves (``age == count - m``, in slot
+    # ``(count + 1) % k``) can have a nonzero row or column: the others already have
+    # zero ones. Zeroing just that one is a cheap compare per element.
+    leaves = jnp.where(when & (mem.count >= m), (mem.count + 1) % k, -1)
+    kept, leaves = materialize((kept, leaves))
+    index_k = jnp.arange(k)
+    r_inv = jnp.where(
+        (index_k[:, None] == leaves) | (index_k[None, :] == leaves), 0.0, mem.r_inv
+    )
     column = -(r_inv @ jnp.where(kept, products[1, :k], 0.0)) / sy
     column = jnp.where(jnp.arange(k) == slot, 1.0 / sy, column)
-    r_inv = jnp.where(jnp.arange(k)[None, :] == slot, column[:, None], r_inv)
+    r_inv = jnp.where(jnp.arange(k)[None, :] == at, column[:, None], r_inv)
     return Memory(
         v=v,
-        gram=jnp.where(when, gram, mem.gram),
-        r_inv=jnp.where(when, r_inv, mem.r_inv),
-        age=jnp.where(when, age, mem.age),
-        count=jnp.where(when, new.count, mem.count),
-        theta=jnp.where(when, new.theta, mem.theta),
+        gram=gram,
+        r_inv=r_inv,
+        age=age,
+        count=jnp.where(when, count, mem.count),
+        theta=jnp.where(when, yy / sy, mem.theta),
     )
 
 

@@ -30,6 +30,7 @@ from jaxopt_dict._cauchy import cauchy_point
 from jaxopt_dict._compact import (
     Memory,
     inverse_times,
+    materialize,
     memory_empty,
     memory_push,
     memory_reset,
@@ -242,6 +243,12 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         y = ge - state.g
         yy = jnp.dot(y, y)
         ss = stp * stp * jnp.dot(state.d, state.d)
+        # Materialize the per-problem scalars once. Under vmap the cond above is a select
+        # and XLA would otherwise recompute this whole scalar chain (evaluation included)
+        # inside every fusion over the (2k, 2k) and (k, k) matrices, per element.
+        search, stp, sy, yy, ss, done, search_failed, push, restart = materialize(
+            (search, stp, sy, yy, ss, done, search_failed, push, restart)
+        )
         if bounds is not None:
             mem = memory_push(state.memory, s_new, y, sy, yy, ss, push)
             vg = state.vg
@@ -250,11 +257,14 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
             # next direction); s's products are not needed without bounds.
             v_ge = pair_products(state.memory, ge)
             products = jnp.stack([jnp.zeros_like(v_ge), v_ge - state.vg])
-            mem = memory_push(state.memory, s_new, y, sy, yy, ss, push, products)
+            mem = memory_push(state.memory, s_new, y, sy, yy, ss, push, products, s_rows=False)
             pushed = pushed_products(state.memory, v_ge, stp * gd, jnp.dot(y, ge))
             vg = jnp.where(push, pushed, jnp.where(done, v_ge, state.vg))
         # A failed search drops the memory and retries steepest descent from x once.
-        mem = memory_reset(mem, search_failed)
+        stored = mem  # equal to state.memory (v aside) unless a pair was stored
+        # (R^-1 is only read through the valid slots, and a reset leaves none: the next
+        # point needs no pass zeroing it; the stored memory gets one below.)
+        mem = memory_reset(mem, search_failed)._replace(r_inv=stored.r_inv)
         x = jnp.where(done, xe, state.x)
         f = jnp.where(done, fe, state.f)
         g = jnp.where(done, ge, state.g)
@@ -264,13 +274,16 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # and takes the Cauchy point of B = I, which is P(x - g).
         fresh = ~(jnp.all(jnp.isfinite(z)) & (jnp.dot(g, z - x) < 0))
         z = jnp.where(fresh, _clip(x - g, bounds), z)
-        mem = memory_reset(mem, fresh)
+        # One reset of the stored memory for both reasons (a pair is only stored on a
+        # restart, so without one ``stored`` is the old memory: no select over it).
+        reset = materialize(restart & (search_failed | fresh))
+        mem = memory_reset(stored, reset)
         d, gd0, new_search = _start_search(x, f, g, z, iteration, bounds)
         pick = lambda a, b: jnp.where(restart, a, b)
         count_before = state.memory.count
         state = LbfgsbState(
             # The buffer is written in place (unchanged unless a pair was stored).
-            memory=jax.tree.map(pick, mem, state.memory._replace(v=mem.v)),
+            memory=mem,
             x=x,
             f=f,
             g=g,
