@@ -47,14 +47,18 @@ class _Carry(NamedTuple):
     trace: Trace | None
 
 
-def effective_ftol(ftol: jax.Array, f: jax.Array) -> jax.Array:
-    """``ftol`` floored at the machine epsilon of f's dtype.
+def reduction_too_small(f_old: jax.Array, f: jax.Array, ftol: jax.Array) -> jax.Array:
+    """scipy's FTOL rule, plus: a decrease below one ulp of f itself is rounding noise.
 
-    A relative reduction below one ulp is rounding noise: in float32 scipy's default
-    (2.2e-9) would never be met, and a solve would wander until maxiter or a failed line
-    search. Flooring at eps makes such a solve end with an honest FTOL instead.
+    scipy stops when ``f_old - f <= ftol * max(|f_old|, |f|, 1)``. In float32 its default
+    ftol (2.2e-9) is below what f can resolve, so a solve would wander on rounding noise
+    until maxiter or a failed line search; a decrease within ``eps * max(|f_old|, |f|)``
+    (one ulp, no absolute floor, so f -> 0 does not stop a solve early) ends it with FTOL
+    instead. In float64 with scipy's default ftol the second test never decides first.
     """
-    return jnp.maximum(ftol, jnp.finfo(f.dtype).eps)
+    scale = jnp.maximum(jnp.abs(f_old), jnp.abs(f))
+    scipy_rule = f_old - f <= ftol * jnp.maximum(scale, 1.0)
+    return scipy_rule | (f_old - f <= jnp.finfo(f.dtype).eps * scale)
 
 
 def _host_report(config: LoopConfig) -> Callable[..., None]:
@@ -158,8 +162,7 @@ def advance(
     step_norm = inf_norm(optax.tree.sub(ev.x, c.x))
     reduction_small = False
     if stepper.uses_ftol:
-        scale = jnp.maximum(jnp.maximum(jnp.abs(c.f), jnp.abs(ev.f)), 1.0)
-        reduction_small = c.f - ev.f <= effective_ftol(opts["ftol"], ev.f) * scale
+        reduction_small = reduction_too_small(c.f, ev.f, opts["ftol"])
     small_gradient = jnp.where(accepted, pg_norm <= gtol, c.small_gradient)
     converged = accepted & small_gradient
     if stepper.has_memory:
