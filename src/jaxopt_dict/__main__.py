@@ -72,11 +72,16 @@ def main() -> None:
     fixed = {"GD": 0.01, "Newton": 1.0 / 3.0}
     for method, lr in fixed.items():
         opts = {"learning_rate": lr, "gtol": 0.0, "maxiter": 10}
-        res, t1, t2 = _timed(functools.partial(jd.minimize, _loss_x, x0, method=method, options=opts))
+        res, t1, t2 = _timed(
+            functools.partial(jd.minimize, _loss_x, x0, method=method, options=opts)
+        )
         rows.append(_row("PBDL y=[x0,x1^2], 10 steps, f32", f"{method} lr={lr:.3g}", res, t1, t2))
     if "pg" in [m.lower() for m in jd.method_names()]:
         opts = {
-            "learning_rate": 0.3, "gtol": 0.0, "maxiter": 10, "physics": _physics,
+            "learning_rate": 0.3,
+            "gtol": 0.0,
+            "maxiter": 10,
+            "physics": _physics,
             "physics_inv": lambda y: jnp.stack([y[0], jnp.sqrt(y[1])]),
         }
         res, t1, t2 = _timed(lambda: jd.minimize(_loss_y, x0, method="PG", options=opts))
@@ -91,7 +96,9 @@ def main() -> None:
         opts = {"maxiter": 20000 if method in learning_rates or method == "GD" else 15000}
         if method in learning_rates:
             opts["learning_rate"] = learning_rates[method]
-        res, t1, t2 = _timed(functools.partial(jd.minimize, _rosenbrock, p0, method=method, options=opts))
+        res, t1, t2 = _timed(
+            functools.partial(jd.minimize, _rosenbrock, p0, method=method, options=opts)
+        )
         rows.append(_row("Rosenbrock n=10 as a dict, f64", method, res, t1, t2))
 
     batch, m, n = 1000, 20, 5
@@ -103,7 +110,11 @@ def main() -> None:
     solve = jax.jit(
         jax.vmap(
             lambda a, b: jd.minimize(
-                _least_squares, w0, args=(a, b), method=method, bounds=(-0.2, 0.2),
+                _least_squares,
+                w0,
+                args=(a, b),
+                method=method,
+                bounds=(-0.2, 0.2),
             )
         )
     )

@@ -106,8 +106,13 @@ def _solve_queue(
         lane_problem = jnp.where(takes_new, new_problem, lane_problem)
         next_problem = jnp.minimum(next_problem + jnp.sum(done, dtype=jnp.int32), n_problems)
         active = jnp.where(done, takes_new, active)
-        new_x0 = _take(x0, lane_problem)
-        trial = _where_lanes(takes_new, new_x0, carry.trial)
+        # Gather the new problems' x0 only on trips where some lane took one.
+        trial = jax.lax.cond(
+            jnp.any(takes_new),
+            lambda t: _where_lanes(takes_new, _take(x0, lane_problem), t),
+            lambda t: t,
+            carry.trial,
+        )
         return carry._replace(trial=trial), lane_problem, takes_new, active, next_problem, results
 
     carry = carry._replace(trial=_take(x0, lane_problem))

@@ -180,9 +180,7 @@ def memory_push(
     leaves = jnp.where(when & (mem.count >= m), (mem.count + 1) % k, -1)
     kept, leaves = materialize((kept, leaves))
     index_k = jnp.arange(k)
-    r_inv = jnp.where(
-        (index_k[:, None] == leaves) | (index_k[None, :] == leaves), 0.0, mem.r_inv
-    )
+    r_inv = jnp.where((index_k[:, None] == leaves) | (index_k[None, :] == leaves), 0.0, mem.r_inv)
     column = -(r_inv @ jnp.where(kept, products[1, :k], 0.0)) / sy
     column = jnp.where(jnp.arange(k) == slot, 1.0 / sy, column)
     r_inv = jnp.where(jnp.arange(k)[None, :] == at, column[:, None], r_inv)

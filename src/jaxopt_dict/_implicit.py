@@ -92,7 +92,11 @@ def implicit_tangent(
         dupper = _instantiate(dbox.upper, box.upper)
         dx_active = jax.tree.map(
             lambda lo, hi, dl, du, v: jnp.where(lo, dl, jnp.where(hi, du, 0)).astype(v.dtype),
-            at_lower, at_upper, dlower, dupper, x,
+            at_lower,
+            at_upper,
+            dlower,
+            dupper,
+            x,
         )
 
     def hvp(v):
@@ -139,12 +143,9 @@ def with_implicit_diff(solve: Callable, objective_of: Callable) -> Callable:
         x0, args, dynamic, box = primals
         _, dargs, _, dbox = tangents
         res = solve(static, x0, args, dynamic, box)
-        dx, df, dg = implicit_tangent(
-            objective_of(static), res.x, args, dargs, box, dbox
-        )
+        dx, df, dg = implicit_tangent(objective_of(static), res.x, args, dargs, box, dbox)
         tangent = jax.tree.map(_zero_tangent, res)
         tangent = tangent._replace(x=dx, fun=df.astype(res.fun.dtype), jac=dg)
         return res, tangent
 
     return solve_diff
-

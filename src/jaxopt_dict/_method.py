@@ -33,7 +33,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from jaxopt_dict._options import Option
 
@@ -131,8 +130,3 @@ class Method(NamedTuple):
     needs_hessian: bool = False
     default_maxiter: int = 1000
     prepare: Callable[[Any, Mapping[str, Any]], Any] | None = None
-
-
-def as_bool(value: Any) -> jax.Array:
-    """A Python or array boolean as a scalar bool array (for StepOutcome fields)."""
-    return jnp.asarray(value, dtype=bool)

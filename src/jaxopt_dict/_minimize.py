@@ -39,7 +39,9 @@ def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None)
     method, objective, static_opts, callback = static
     opts = {**dict(static_opts), **dynamic}
     stepper = method.make(opts)
-    evaluate = functools.partial(evaluate_objective, objective, args=args, hessian=method.needs_hessian)
+    evaluate = functools.partial(
+        evaluate_objective, objective, args=args, hessian=method.needs_hessian
+    )
     config = LoopConfig(
         maxiter=opts["maxiter"], disp=opts["disp"], trace=opts["trace"], callback=callback
     )
