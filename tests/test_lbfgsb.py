@@ -27,6 +27,8 @@ from jaxopt_dict._linesearch import (
     more_thuente_step,
 )
 from jaxopt_dict._options import resolve_options
+from jaxopt_dict.methods import lbfgsb
+from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N
 
 # scipy's dcsrch evaluates a trial where exp overflows and bisects away from it; here
 # a non-finite evaluation ends the solve (SPEC section 7), so this one stops early.
@@ -138,13 +140,38 @@ def test_no_evaluation_outside_the_box():
             assert int(res.status) != jd.Status.NONFINITE and bool(res.success), p.name
 
 
+# Unbounded problems of at most ``TWO_LOOP_MAX_N`` variables take the two-loop stepper
+# (``methods/lbfgs.py``); larger ones the compact form (``lbfgsb.py``). The zoo's small
+# problems are also solved with the compact form here, so both meet scipy's counts.
+COMPACT_L_BFGS = jd.Method(
+    "L-BFGS (compact form)",
+    lambda opts: lbfgsb._stepper(opts["maxcor"], opts["maxls"], bounded=False),
+    lbfgsb._options(),
+    default_maxiter=15000,
+)
+
+
+@pytest.mark.parametrize("name", [n for n in EXACT_COUNTS if BY_NAME[n].bounds is None])
+def test_compact_form_without_bounds_has_scipys_counts(name):
+    p = BY_NAME[name]
+    assert p.flatten(p.x0).size <= TWO_LOOP_MAX_N  # the zoo's own solve took the two-loop
+    fun, args = dispatcher(p)
+    res = jd.minimize(fun, p.x0, args=args, method=COMPACT_L_BFGS)
+    ref = scipy_result(name)
+    assert (int(res.nit), int(res.nfev)) == (ref.nit, ref.nfev)
+    np.testing.assert_allclose(
+        p.flatten(res.x), p.flatten(our_result(name).x), rtol=1e-7, atol=1e-9
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # vmap, float32, options.
 # ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "name, method", [("quadratic_box", "L-BFGS-B"), ("rosenbrock_10", "L-BFGS")]
+    "name, method",
+    [("quadratic_box", "L-BFGS-B"), ("rosenbrock_10", "L-BFGS")],
 )
 def test_vmap_equals_single_solves(name, method):
     """A batch gives each problem what it gets alone (and L-BFGS is L-BFGS-B unbounded)."""
@@ -165,6 +192,25 @@ def test_vmap_equals_single_solves(name, method):
         assert int(batched.status[i]) == int(single.status)
         for a, b in zip(jax.tree.leaves(batched.x), jax.tree.leaves(single.x)):
             np.testing.assert_allclose(a[i], b, rtol=1e-9, atol=1e-12)
+
+
+def test_vmap_equals_single_solves_compact_form():
+    """The same for the compact form that unbounded problems above ``TWO_LOOP_MAX_N``
+    variables take (a well-conditioned one: rounding stays in the last digits)."""
+    n = 3 * TWO_LOOP_MAX_N
+    a = np.random.default_rng(0).normal(size=(2 * n, n)) / np.sqrt(n)
+
+    def fun(x):
+        return jnp.sum(jnp.logaddexp(0.0, a @ x - 0.5)) + 0.05 * jnp.sum(x**2)
+
+    batch = np.stack([np.full(n, v) for v in (0.0, 0.7, -1.3)])
+    batched = jax.vmap(lambda x0: jd.minimize(fun, x0, method="L-BFGS"))(batch)
+    for i in range(len(batch)):
+        single = jd.minimize(fun, batch[i], method="L-BFGS")
+        assert int(single.nit) > 5 and bool(single.success)
+        assert (int(batched.nit[i]), int(batched.nfev[i])) == (int(single.nit), int(single.nfev))
+        assert int(batched.status[i]) == int(single.status)
+        np.testing.assert_allclose(batched.x[i], single.x, rtol=1e-9, atol=1e-12)
 
 
 HONEST = {jd.Status.CONVERGED, jd.Status.FTOL, jd.Status.XTOL, jd.Status.LINESEARCH_FAILED}
@@ -390,6 +436,37 @@ def test_cauchy_point_matches_sequential_walk(seed):
     np.testing.assert_allclose(np.asarray(got.c), c, rtol=1e-9, atol=1e-11)
     on_bounds = ~free & ~(lower == upper)
     assert np.all((xcp[on_bounds] == lower[on_bounds]) | (xcp[on_bounds] == upper[on_bounds]))
+
+
+def test_two_loop_inverse_is_the_inverse_of_the_compact_matrix():
+    """The unbounded L-BFGS's H (two-loop recursion, ``methods/lbfgs.py``) inverts the
+    bounded solver's compact B (``_compact.py``) built from the same pairs, through
+    wrap-around of both buffers, skipped pushes and a reset."""
+    from jaxopt_dict import _compact
+    from jaxopt_dict.methods import lbfgs
+
+    rng = np.random.default_rng(3)
+    n, m = 9, 4
+    compact = _compact.memory_empty(m, n, jnp.float64)
+    two_loop = lbfgs.memory_empty(m, n, jnp.float64)
+    push_compact = jax.jit(_compact.memory_push)
+    push_two_loop = jax.jit(lbfgs.memory_push)
+    hg = jax.jit(lbfgs.inverse_times)
+    for k in range(9):
+        if k == 6:  # a reset, as after a failed search: both start from H = I
+            compact = _compact.memory_reset(compact, jnp.asarray(True))
+            two_loop = lbfgs.memory_reset(two_loop, jnp.asarray(True))
+        s = rng.normal(size=n)
+        y = s * rng.uniform(0.5, 2.0, size=n)
+        when = jnp.asarray(k != 2)  # one pair skipped
+        compact = push_compact(compact, s, y, s @ y, y @ y, s @ s, when)
+        two_loop = push_two_loop(two_loop, s, y, s @ y, y @ y, when)
+        assert int(two_loop.count) == int(compact.count)
+        w = np.asarray(jax.jit(_compact.w_rows)(compact, jnp.arange(n)))
+        mid = np.asarray(jax.jit(_compact.middle_matrix)(compact))
+        b = float(compact.theta) * np.eye(n) - w @ mid @ w.T
+        g = rng.normal(size=n)
+        np.testing.assert_allclose(np.asarray(hg(two_loop, g)), np.linalg.solve(b, g), rtol=1e-8)
 
 
 def test_inverse_times_is_the_inverse_of_the_compact_matrix():

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg
 
+from jaxopt_dict._tree import materialize
+
 
 class Memory(NamedTuple):
     """The correction pairs and the small matrices the compact forms need.
@@ -50,24 +52,6 @@ class Memory(NamedTuple):
     age: jax.Array
     count: jax.Array
     theta: jax.Array
-
-
-def materialize(tree):
-    """``tree`` unchanged, computed once.
-
-    XLA:CPU copies cheap elementwise producers into each consumer fusion; a reduction is
-    never copied, so each leaf goes through an exact one (``max(a, lowest)`` is ``a``,
-    NaN included). ``optimization_barrier`` would not do: XLA:CPU drops it before fusion.
-    """
-
-    def once(a):
-        a = jnp.asarray(a)
-        if a.dtype == jnp.bool_:
-            return jnp.any(jnp.stack([a, jnp.zeros_like(a)]), axis=0)
-        low = -jnp.inf if jnp.issubdtype(a.dtype, jnp.floating) else jnp.iinfo(a.dtype).min
-        return jnp.max(jnp.stack([a, jnp.full_like(a, low)]), axis=0)
-
-    return jax.tree.map(once, tree)
 
 
 def memory_empty(m: int, n: int, dtype) -> Memory:

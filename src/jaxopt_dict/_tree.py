@@ -1,4 +1,5 @@
-"""Only the tree helpers that ``optax.tree`` lacks: tree-valued bounds and finiteness."""
+"""Only the tree helpers that ``optax.tree`` lacks: tree-valued bounds, finiteness, and
+a fusion barrier for XLA:CPU."""
 
 from __future__ import annotations
 
@@ -38,3 +39,44 @@ def all_finite(tree: PyTree) -> jax.Array:
     """True when every entry of every leaf is finite."""
     leaves = jax.tree.leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def materialize(tree: PyTree) -> PyTree:
+    """``tree`` unchanged, computed once.
+
+    XLA:CPU copies cheap elementwise producers into each consumer fusion, so a chain of
+    per-problem scalars (a line search's state machine) read by many fusions is recomputed
+    in every one of them. A reduction is never copied: leaves of one dtype and shape go
+    through one exact reduction together (the max of a value's bits and the smallest
+    integer is the value, NaN included), one small kernel per group. Integer bits keep
+    XLA:CPU from handing the reduction to its library path, which costs 10x more for
+    these shapes. ``optimization_barrier`` would not do: XLA:CPU drops it before fusion.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    leaves = [jnp.asarray(leaf) for leaf in leaves]
+    groups: dict = {}
+    for i, leaf in enumerate(leaves):
+        groups.setdefault((leaf.dtype, leaf.shape), []).append(i)
+    out = list(leaves)
+    for (dtype, _), members in groups.items():
+        stacked = jnp.stack([leaves[i] for i in members])
+        if dtype == jnp.bool_:
+            bits = stacked.astype(jnp.int8)
+        elif jnp.issubdtype(dtype, jnp.floating):
+            bits = jax.lax.bitcast_convert_type(stacked, _SAME_WIDTH_INT[dtype.itemsize])
+        else:
+            bits = stacked
+        lowest = jnp.full_like(bits, jnp.iinfo(bits.dtype).min)
+        bits = jnp.max(jnp.stack([bits, lowest], axis=-1), axis=-1)
+        if dtype == jnp.bool_:
+            once = bits != 0
+        elif jnp.issubdtype(dtype, jnp.floating):
+            once = jax.lax.bitcast_convert_type(bits, dtype)
+        else:
+            once = bits
+        for k, i in enumerate(members):
+            out[i] = once[k]
+    return treedef.unflatten(out)
+
+
+_SAME_WIDTH_INT = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}

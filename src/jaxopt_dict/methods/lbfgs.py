@@ -1,0 +1,233 @@
+"""L-BFGS for small unbounded problems: scipy's L-BFGS-B iteration by the two-loop recursion.
+
+Without bounds, scipy's ``setulb`` skips the Cauchy point and its subspace step is the
+quasi-Newton step ``z = x - H g``. ``lbfgsb.py`` gets ``H g`` from the compact
+representation, whose (2m, 2m) matrices dwarf the pairs themselves when n is small: at
+n = 2 and m = 10 a problem would carry about 5.7 KB through the loop for 0.3 KB of
+pairs, and a vmapped batch of small problems pays for every byte on every trip (each
+carried array is selected per problem, per trip). Here ``H g`` comes from the two-loop
+recursion (Nocedal 1980) over the pairs alone, unrolled over the m slots; ``lbfgsb``
+picks this stepper for problems without bounds of at most ``TWO_LOOP_MAX_N`` variables
+(measured: 2.5-3x the throughput of the compact form on vmapped 2-D Rosenbrock, 1.7x on
+11-variable logistic regressions; for large n the compact form's few big products beat
+the recursion's 2m dependent passes).
+
+The pairs sit oldest first and shift by one slot when a pair is stored, so every index
+is static (no gathers under vmap); an empty slot has ``rho = 0``, which takes it out of
+the recursion. The line search, the first step ``min(1/||d||, 1e10)``, the pair-skipping
+rule and the restarts after a failed search or a non-descent direction are scipy's, as
+in ``lbfgsb.py``: the two give scipy's evaluation counts (``tests/test_lbfgsb.py``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from jaxopt_dict._linesearch import (
+    MoreThuente,
+    WolfeTask,
+    more_thuente_advance,
+    more_thuente_start,
+    more_thuente_step,
+)
+from jaxopt_dict._method import StepOutcome, Stepper
+from jaxopt_dict._tree import materialize
+
+TWO_LOOP_MAX_N = 16  # variables; above, L-BFGS(-B) uses the compact form (lbfgsb._dispatch)
+BIG_STEP = 1e10  # scipy's stpmax when no bound limits the step
+WOLFE_GTOL = 0.9  # dcsrch's curvature constant in L-BFGS-B (its ftol is 1e-3, xtol 0.1)
+
+
+class PairMemory(NamedTuple):
+    """The last m correction pairs, oldest first (slot m - 1 is the newest).
+
+    Attributes:
+      s, y: ``(m, n)`` the pairs; zero rows where there is none.
+      rho: ``(m,)`` ``1 / s^T y``; zero where there is no pair, which takes the slot out
+        of the recursion.
+      count: int32, pairs stored since the last reset (scipy's ``iupdat``).
+      gamma: ``H0 = gamma I``: ``s^T y / y^T y`` of the newest pair; 1 after a reset.
+    """
+
+    s: jax.Array
+    y: jax.Array
+    rho: jax.Array
+    count: jax.Array
+    gamma: jax.Array
+
+
+def memory_empty(m: int, n: int, dtype) -> PairMemory:
+    """No pairs: ``H = I``."""
+    return PairMemory(
+        s=jnp.zeros((m, n), dtype),
+        y=jnp.zeros((m, n), dtype),
+        rho=jnp.zeros((m,), dtype),
+        count=jnp.zeros((), jnp.int32),
+        gamma=jnp.ones((), dtype),
+    )
+
+
+def inverse_times(mem: PairMemory, g: jax.Array) -> jax.Array:
+    """``H g`` by the two-loop recursion (Nocedal 1980), unrolled over the m slots."""
+    m = mem.rho.shape[0]
+    q = g
+    alphas = []
+    for i in reversed(range(m)):
+        alpha = mem.rho[i] * jnp.dot(mem.s[i], q)
+        q = materialize(q - alpha * mem.y[i])
+        alphas.append(alpha)
+    r = mem.gamma * q
+    for i, alpha in zip(range(m), reversed(alphas)):
+        beta = mem.rho[i] * jnp.dot(mem.y[i], r)
+        r = materialize(r + (alpha - beta) * mem.s[i])
+    return r
+
+
+def memory_push(
+    mem: PairMemory, s: jax.Array, y: jax.Array, sy: jax.Array, yy: jax.Array, when
+) -> PairMemory:
+    """Append ``(s, y)`` as the newest pair, dropping the oldest, if ``when`` (scipy's
+    ``matupd``; ``sy``, ``yy`` are ``s^T y`` and ``y^T y``)."""
+
+    def shifted(rows, row):
+        return jnp.where(when, jnp.concatenate([rows[1:], row[None]]), rows)
+
+    return PairMemory(
+        s=shifted(mem.s, s),
+        y=shifted(mem.y, y),
+        rho=shifted(mem.rho, 1.0 / sy),
+        count=jnp.where(when, mem.count + 1, mem.count),
+        gamma=jnp.where(when, sy / yy, mem.gamma),
+    )
+
+
+def memory_reset(mem: PairMemory, when: jax.Array) -> PairMemory:
+    """Forget every pair if ``when`` (rows stay, taken out by a zero ``rho``)."""
+    return mem._replace(
+        rho=jnp.where(when, 0.0, mem.rho),
+        count=jnp.where(when, 0, mem.count),
+        gamma=jnp.where(when, 1.0, mem.gamma),
+    )
+
+
+class LbfgsState(NamedTuple):
+    """Where the solve is (flat vectors).
+
+    Attributes:
+      memory: the pairs.
+      x, f, g: the current iterate, its value and gradient.
+      d: the search direction; ``z = x + d`` exactly as computed (the point tried at
+        step 1, as scipy does).
+      gd0: ``g^T d`` at x (negative).
+      search: the Moré–Thuente state along d.
+      trials: points evaluated in this search.
+      iter: iterations accepted so far (the first search starts differently).
+    """
+
+    memory: PairMemory
+    x: jax.Array
+    f: jax.Array
+    g: jax.Array
+    d: jax.Array
+    z: jax.Array
+    gd0: jax.Array
+    search: MoreThuente
+    trials: jax.Array
+    iter: jax.Array
+
+
+def _start_search(x, f, g, z, iteration):
+    """The search along ``d = z - x``: step ``min(1/||d||, stpmax)`` first, then 1."""
+    d = z - x
+    gd0 = jnp.dot(g, d)
+    stpmax = jnp.asarray(BIG_STEP, x.dtype)
+    norm = jnp.sqrt(jnp.dot(d, d))
+    inv_norm = 1.0 / jnp.where(norm > 0, norm, 1.0)
+    stp = jnp.where(iteration == 0, jnp.minimum(inv_norm, stpmax), 1.0)
+    return d, gd0, more_thuente_start(f, gd0, stp, stpmax)
+
+
+def _trial(state: LbfgsState) -> jax.Array:
+    stp = more_thuente_step(state.search)
+    return jnp.where(stp == 1.0, state.z, state.x + stp * state.d)
+
+
+def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
+    """L-BFGS with scipy's L-BFGS-B choices, for problems without bounds."""
+
+    def init(ev, box):
+        del box
+        x, unravel = ravel_pytree(ev.x)
+        dtype = x.dtype
+        g = ravel_pytree(ev.g)[0].astype(dtype)
+        f = jnp.asarray(ev.f, dtype)
+        zero = jnp.zeros((), jnp.int32)
+        d, gd0, search = _start_search(x, f, g, x - g, zero)
+        mem = memory_empty(maxcor, x.shape[0], dtype)
+        state = LbfgsState(mem, x, f, g, d, x + d, gd0, search, zero, zero)
+        return state, unravel(_trial(state))
+
+    def step(state: LbfgsState, ev, box):
+        del box
+        xe, unravel = ravel_pytree(ev.x)
+        dtype = state.x.dtype
+        xe = xe.astype(dtype)
+        ge = ravel_pytree(ev.g)[0].astype(dtype)
+        fe = jnp.asarray(ev.f, dtype)
+        gd = jnp.dot(ge, state.d)
+        trials = state.trials + 1
+        s0 = state.search
+        stp = more_thuente_step(s0)
+        search, task = more_thuente_advance(s0, fe, gd, gtol=WOLFE_GTOL)
+        done = task != WolfeTask.CONTINUE
+        search_failed = ~done & (trials >= maxls)
+        restart = done | search_failed
+        # The pair from the line search; scipy takes s^T y from the slopes along d and
+        # skips it unless s^T y > eps * (-g^T s).
+        sy = (gd - state.gd0) * stp
+        push = done & (sy > jnp.finfo(dtype).eps * (-state.gd0 * stp))
+        y = ge - state.g
+        yy = jnp.dot(y, y)
+        # Materialized once: XLA would otherwise recompute this scalar chain (and the
+        # memory update below) inside each of the recursion's 2m reductions.
+        search, stp, sy, yy, done, search_failed, restart, push = materialize(
+            (search, stp, sy, yy, done, search_failed, restart, push)
+        )
+        old = state.memory
+        mem = memory_push(old, stp * state.d, y, sy, yy, push)
+        # A failed search drops the memory and retries steepest descent from x once.
+        mem = memory_reset(mem, search_failed)
+        x = jnp.where(done, xe, state.x)
+        f = jnp.where(done, fe, state.f)
+        g = materialize(jnp.where(done, ge, state.g))
+        iteration = state.iter + done.astype(jnp.int32)
+        z = x - inverse_times(mem, g)
+        # Not finite or not downhill: scipy drops the memory and steps along -g.
+        fresh = ~(jnp.all(jnp.isfinite(z)) & (jnp.dot(g, z - x) < 0))
+        z = jnp.where(fresh, x - g, z)
+        mem = memory_reset(mem, restart & fresh)
+        d, gd0, new_search = _start_search(x, f, g, z, iteration)
+        gd0, new_search = materialize((gd0, new_search))
+        pick = lambda a, b: jnp.where(restart, a, b)
+        state = LbfgsState(
+            memory=mem,
+            x=x,
+            f=f,
+            g=g,
+            d=pick(d, state.d),
+            z=pick(z, state.z),
+            gd0=pick(gd0, state.gd0),
+            search=jax.tree.map(pick, new_search, search),
+            trials=jnp.where(restart, 0, trials),
+            iter=iteration,
+        )
+        # Give up when a search fails with an empty memory already (nothing to drop), or
+        # when not even steepest descent goes downhill.
+        failed = (search_failed & (old.count == 0)) | ~(state.gd0 < 0)
+        return state, unravel(_trial(state)), StepOutcome(done, failed)
+
+    return Stepper(init, step, uses_ftol=True)
