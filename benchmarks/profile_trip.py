@@ -7,7 +7,9 @@ batch, so ``time / (max nfev * B)`` is the cost of one trip per problem. Printed
 solver: throughput, the bytes per problem carried by the largest ``while_loop`` (rewritten,
 or selected between, on every trip), and ns per problem per trip; then jaxopt_dict's
 L-BFGS / L-BFGS-B for several ``maxcor`` values, which shows how much of a trip is the
-limited-memory bookkeeping (O(maxcor^2) per problem) rather than ``fun`` itself.
+limited-memory bookkeeping rather than ``fun`` itself (O(maxcor * n) per problem for the
+two-loop recursion that unbounded problems of at most 16 variables take, O(maxcor^2 + maxcor
+* n) for the compact form of larger or bounded ones).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def main(argv=None):
 
     import jaxopt_dict as jd
 
-    print("\njaxopt_dict: cost per trip against maxcor (the memory is O(maxcor^2) per problem)")
+    print("\njaxopt_dict: cost per trip against maxcor (the memory grows with it)")
     for method in C.our_methods():
         for m in args.maxcor:
             opts = {"gtol": 1e-5, "ftol": 0.0, "maxiter": 1000, "maxcor": m}
