@@ -80,6 +80,24 @@ def test_batched_args_and_shared_bounds():
     assert float(jnp.max(jnp.abs(res.x))) <= 1.0
 
 
+def test_lanes_finishing_together_wait_for_their_data():
+    # Same-shaped quadratics finish on the same trip: 8 lanes free at once, but only
+    # lanes // 4 = 2 take a new problem per trip; the others idle a trip. Each problem
+    # must still be solved with its own args row.
+    centers = jnp.arange(20.0).reshape(20, 1) * jnp.ones((20, 3))
+    scales = jnp.ones((20, 3))
+    res = jd.minimize_batch(
+        shifted_quadratic, jnp.zeros((20, 3)), args=(centers, scales), method="L-BFGS", lanes=8
+    )
+    for i in range(20):
+        alone = jd.minimize(
+            shifted_quadratic, jnp.zeros(3), args=(centers[i], scales[i]), method="L-BFGS"
+        )
+        np.testing.assert_allclose(res.x[i], alone.x, rtol=1e-12)
+        assert int(res.nfev[i]) == int(alone.nfev)
+    assert bool(res.success.all())
+
+
 def test_under_jit_with_traced_inputs():
     solve = jax.jit(lambda x0: jd.minimize_batch(rosenbrock, x0, method="Newton", lanes=6))
     res = solve(X0)

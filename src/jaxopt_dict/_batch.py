@@ -9,7 +9,9 @@ per trip. Throughput then follows the mean iteration count instead of the max, a
 problem's result equals its result when solved alone (same code path; XLA may round a
 batched program differently in the last ulp).
 
-A lane that takes a new problem evaluates its x0 on the next trip and hands that evaluation
+Each lane keeps its own copy of its problem's ``args``; when lanes take new problems, only
+those rows are fetched (at most a quarter of the lanes' worth per trip: a lane that finds
+none left over waits a trip). A lane that takes a new problem evaluates its x0 on the next trip and hands that evaluation
 to the method's ``init`` instead of ``step``: both are computed for every lane and one is
 selected, which keeps every trip a single evaluation of ``fun``.
 """
@@ -60,13 +62,18 @@ def _solve_queue(
 
     n_problems = jax.tree.leaves(x0)[0].shape[0]
     x0 = jax.vmap(lambda x: project(x, box))(x0)
+    # The lanes' own copies of args: gathering every lane's data on every trip would
+    # copy the whole working set once per evaluation (for 200x10 regressions, about as
+    # much memory traffic as ``fun`` itself). Problems are handed out in order, so the
+    # ones taken on a trip are a run of consecutive rows: at most ``refill`` of them are
+    # fetched per trip and scattered into the lanes that take them.
+    refill = _refill_slots(lanes)
     lane_problem = jnp.arange(lanes, dtype=jnp.int32)
+    lane_args = _take(args, lane_problem)
     # A zero carry of the right shapes for every lane; ``start`` replaces it on the first
     # trip (every lane begins fresh), so no evaluation is spent on it.
     carry_shape = jax.eval_shape(
-        lambda x, a: start_lanes(evaluate(x, a)),
-        _take(x0, lane_problem),
-        _take(args, lane_problem),
+        lambda x, a: start_lanes(evaluate(x, a)), _take(x0, lane_problem), lane_args
     )
     carry = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)
     results = jax.tree.map(
@@ -74,11 +81,11 @@ def _solve_queue(
     )
 
     def cond(loop):
-        return jnp.any(loop[3])
+        return jnp.any(loop[4])
 
     def body(loop):
-        carry, lane_problem, fresh, active, next_problem, results = loop
-        ev = evaluate(carry.trial, _take(args, lane_problem))
+        carry, lane_args, lane_problem, fresh, active, next_problem, results = loop
+        ev = evaluate(carry.trial, lane_args)
         carry = advance_lanes(carry, ev)
         # Lanes that took a new problem last trip hand this evaluation (at their x0) to
         # ``init`` instead. Most trips have none: the conds skip the work (no fun inside).
@@ -91,40 +98,59 @@ def _solve_queue(
         done = active & (carry.status != RUNNING)
 
         def write(results):
-            out = finish_lanes(carry)
+            rows = jnp.where(done, lane_problem, n_problems)  # out of range: dropped
             return jax.tree.map(
-                lambda buf, new: buf.at[lane_problem].set(
-                    _where_lanes(done, new, buf[lane_problem])
-                ),
-                results,
-                out,
+                lambda buf, new: buf.at[rows].set(new, mode="drop"), results, finish_lanes(carry)
             )
 
         results = jax.lax.cond(jnp.any(done), write, lambda r: r, results)
-        new_problem = next_problem + jnp.cumsum(done, dtype=jnp.int32) - 1
-        takes_new = done & (new_problem < n_problems)
-        lane_problem = jnp.where(takes_new, new_problem, lane_problem)
-        next_problem = jnp.minimum(next_problem + jnp.sum(done, dtype=jnp.int32), n_problems)
-        active = jnp.where(done, takes_new, active)
-        # Gather the new problems' x0 only on trips where some lane took one.
-        trial = jax.lax.cond(
-            jnp.any(takes_new),
-            lambda t: _where_lanes(takes_new, _take(x0, lane_problem), t),
-            lambda t: t,
-            carry.trial,
-        )
-        return carry._replace(trial=trial), lane_problem, takes_new, active, next_problem, results
+        # Free lanes (finished now, or idle) take the next pending problems in lane order,
+        # at most ``refill`` per trip; the rest wait a trip.
+        free = done | ~active
+        rank = jnp.cumsum(free, dtype=jnp.int32) - 1
+        pending = n_problems - next_problem
+        taken = jnp.minimum(jnp.minimum(jnp.sum(free, dtype=jnp.int32), refill), pending)
+        takes_new = free & (rank < taken)
+        lane_problem = jnp.where(takes_new, next_problem + rank, lane_problem)
+        active = (active & ~done) | takes_new
+
+        def fetch(trial, lane_args):
+            slots = jnp.arange(refill, dtype=jnp.int32)
+            rows = jnp.minimum(next_problem + slots, n_problems - 1)
+            # Slot j goes to the lane of rank j; unused slots go out of range (dropped).
+            target = jnp.full((refill,), lanes, jnp.int32)
+            target = target.at[jnp.where(takes_new, rank, refill)].set(
+                jnp.arange(lanes, dtype=jnp.int32), mode="drop"
+            )
+            put = lambda lane_leaf, src: lane_leaf.at[target].set(src[rows], mode="drop")
+            return jax.tree.map(put, trial, x0), jax.tree.map(put, lane_args, args)
+
+        trial, lane_args = fetch(carry.trial, lane_args)
+        next_problem = next_problem + taken
+        carry = carry._replace(trial=trial)
+        return carry, lane_args, lane_problem, takes_new, active, next_problem, results
 
     carry = carry._replace(trial=_take(x0, lane_problem))
     loop = (
         carry,
+        lane_args,
         lane_problem,
         jnp.ones(lanes, bool),
         jnp.ones(lanes, bool),
         jnp.asarray(lanes, jnp.int32),
         results,
     )
-    return jax.lax.while_loop(cond, body, loop)[5]
+    return jax.lax.while_loop(cond, body, loop)[6]
+
+
+def _refill_slots(lanes: int) -> int:
+    """How many problems the lanes may take per trip, together (see ``_solve_queue``).
+
+    A quarter of the lanes: lanes rarely finish in larger bursts once their problems have
+    spread out, and a lane that waits loses one trip. Measured on 200x10 regressions
+    (B = 1000, 256 lanes): 1.1x the throughput of fetching for every lane on every trip.
+    """
+    return max(1, lanes // 4)
 
 
 def minimize_batch(
