@@ -47,7 +47,7 @@ FULL = {
     "single_repeats": 7,
     "batches": [1000, 10000],
     "lanes": {1000: [64, 256], 10000: [256, 1024, 4096]},
-    "repeats": 5,
+    "repeats": 7,
     "host_problems": 100,  # scipy / dict-minimize solve this many problems one by one
     "f32_batches": [10000],
     "f32_workloads": ["logreg", "rosen"],
