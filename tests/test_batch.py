@@ -8,6 +8,8 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxopt_dict as jd
 
@@ -96,6 +98,32 @@ def test_lanes_finishing_together_wait_for_their_data():
         np.testing.assert_allclose(res.x[i], alone.x, rtol=1e-12)
         assert int(res.nfev[i]) == int(alone.nfev)
     assert bool(res.success.all())
+
+
+_VMAPPED_LBFGS = jax.jit(
+    jax.vmap(lambda x0, c, s: jd.minimize(shifted_quadratic, x0, args=(c, s), method="L-BFGS"))
+)
+
+
+@settings(max_examples=6)
+@given(
+    lanes=st.sampled_from([1, 2, 3, 5, 12]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_queues_match_vmapped_solves(lanes, seed):
+    # Random difficulties (curvatures over 3 decades) make lanes finish, wait and refill
+    # in random orders; every problem must still come out as its own solve.
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(12, 3)) * 3.0
+    scales = 10.0 ** rng.uniform(-1.0, 2.0, size=(12, 3))
+    x0 = rng.normal(size=(12, 3))
+    res = jd.minimize_batch(
+        shifted_quadratic, x0, args=(centers, scales), method="L-BFGS", lanes=lanes
+    )
+    alone = _VMAPPED_LBFGS(x0, centers, scales)
+    np.testing.assert_array_equal(res.nfev, alone.nfev)
+    np.testing.assert_array_equal(res.status, alone.status)
+    np.testing.assert_allclose(res.x, alone.x, rtol=1e-9, atol=1e-12)
 
 
 def test_under_jit_with_traced_inputs():
