@@ -18,7 +18,6 @@ selected, which keeps every trip a single evaluation of ``fun``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxopt_dict._implicit import with_implicit_diff
 from jaxopt_dict._loop import LoopConfig, advance, finish, start
 from jaxopt_dict._method import Method
 from jaxopt_dict._minimize import SolveStatic, evaluate_objective, prepare_solve
@@ -47,10 +47,10 @@ def _where_lanes(mask: jax.Array, new: PyTree, old: PyTree) -> PyTree:
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _solve_queue(
-    static: SolveStatic, lanes: int, x0: PyTree, args: tuple, dynamic: dict, box
+def _solve_queue_impl(
+    key: tuple[SolveStatic, int], x0: PyTree, args: tuple, dynamic: dict, box
 ) -> OptimizeResult:
+    static, lanes = key
     opts = {**dict(static.options), **dynamic}
     stepper = static.method.make(opts)
     config = LoopConfig(maxiter=opts["maxiter"])
@@ -143,6 +143,16 @@ def _solve_queue(
     return jax.lax.while_loop(cond, body, loop)[6]
 
 
+# One compiled program per (method, fun, static options, lanes); differentiable in args and
+# bounds by implicit differentiation at each problem's solution, like ``minimize``.
+_solve_queue = jax.jit(
+    with_implicit_diff(
+        _solve_queue_impl, lambda key: key[0].objective.value_and_grad, batched=True
+    ),
+    static_argnums=0,
+)
+
+
 def _refill_slots(lanes: int) -> int:
     """How many problems the lanes may take per trip, together (see ``_solve_queue``).
 
@@ -176,7 +186,8 @@ def minimize_batch(
 
     Returns:
       An ``OptimizeResult`` whose every field has the leading batch axis B; entry i equals
-      ``minimize`` on problem i alone.
+      ``minimize`` on problem i alone. Differentiable in ``args`` and ``bounds`` like
+      ``minimize`` (implicit differentiation at each problem's solution).
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxopt_dict as jd
@@ -205,4 +216,4 @@ def minimize_batch(
         fun, _take(x0, 0), _take(args, 0), method, jac, bounds, tol, options, None
     )
     x0 = jax.tree.map(jnp.asarray, x0)
-    return _solve_queue(static, lanes, x0, args, dynamic, box)
+    return _solve_queue((static, lanes), x0, args, dynamic, box)

@@ -21,6 +21,7 @@ undefined where the Hessian there is singular or indefinite.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -128,12 +129,14 @@ def implicit_tangent(
     return dx, df, dg
 
 
-def with_implicit_diff(solve: Callable, objective_of: Callable) -> Callable:
+def with_implicit_diff(solve: Callable, objective_of: Callable, batched: bool = False) -> Callable:
     """Wrap ``solve(static, x0, args, dynamic, box) -> OptimizeResult`` in a custom JVP.
 
     ``objective_of(static)`` returns the ``value_and_grad(x, args)`` the solve minimized.
     ``x0`` and the numeric options get zero derivatives; ``args`` and ``box`` get the
-    implicit-function derivative.
+    implicit-function derivative. ``batched``: ``x0``, ``args`` and the result carry a
+    leading batch axis of independent problems (the box is shared), each differentiated
+    at its own solution.
     """
 
     solve_diff = jax.custom_jvp(solve, nondiff_argnums=(0,))
@@ -143,7 +146,10 @@ def with_implicit_diff(solve: Callable, objective_of: Callable) -> Callable:
         x0, args, dynamic, box = primals
         _, dargs, _, dbox = tangents
         res = solve(static, x0, args, dynamic, box)
-        dx, df, dg = implicit_tangent(objective_of(static), res.x, args, dargs, box, dbox)
+        tangent_of = functools.partial(implicit_tangent, objective_of(static))
+        if batched:
+            tangent_of = jax.vmap(tangent_of, in_axes=(0, 0, 0, None, None))
+        dx, df, dg = tangent_of(res.x, args, dargs, box, dbox)
         tangent = jax.tree.map(_zero_tangent, res)
         tangent = tangent._replace(x=dx, fun=df.astype(res.fun.dtype), jac=dg)
         return res, tangent
