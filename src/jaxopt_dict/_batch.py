@@ -9,11 +9,11 @@ per trip. Throughput then follows the mean iteration count instead of the max, a
 problem's result equals its result when solved alone (same code path; XLA may round a
 batched program differently in the last ulp).
 
-Each lane keeps its own copy of its problem's ``args``; when lanes take new problems, only
-those rows are fetched (at most a quarter of the lanes' worth per trip: a lane that finds
-none left over waits a trip). A lane that takes a new problem evaluates its x0 on the next trip and hands that evaluation
-to the method's ``init`` instead of ``step``: both are computed for every lane and one is
-selected, which keeps every trip a single evaluation of ``fun``.
+Each lane keeps its own copy of its problem's ``args``; only the rows of newly taken
+problems are fetched, for at most a quarter of the lanes per trip (a free lane beyond that
+waits a trip). A lane that takes a new problem evaluates its x0 on the next trip and hands
+that evaluation to the method's ``init`` instead of ``step``: both are computed for every
+lane and one is selected, which keeps every trip a single evaluation of ``fun``.
 """
 
 from __future__ import annotations
@@ -156,9 +156,11 @@ _solve_queue = jax.jit(
 def _refill_slots(lanes: int) -> int:
     """How many problems the lanes may take per trip, together (see ``_solve_queue``).
 
-    A quarter of the lanes: lanes rarely finish in larger bursts once their problems have
-    spread out, and a lane that waits loses one trip. Measured on 200x10 regressions
-    (B = 1000, 256 lanes): 1.1x the throughput of fetching for every lane on every trip.
+    Every trip fetches this many rows, taken or not, so it should be small; a free lane
+    beyond it waits a trip. A quarter of the lanes covers the usual rate of finishing
+    once the problems have spread out. Measured on 200x10 regressions (B = 1000, 256
+    lanes): lanes that own their args and fetch this way run 1.1x the throughput of
+    gathering every lane's args on every trip.
     """
     return max(1, lanes // 4)
 
