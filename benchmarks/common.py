@@ -575,6 +575,21 @@ def bench_throughput(
     return finish_rows(pending, repeats, "throughput")
 
 
+def save_and_report(json_path: str, md_path: str, meta: dict, rows: list, ratios: list) -> None:
+    """Write the run's rows as JSON beside its Markdown, then log the headline ratios."""
+    import json
+
+    with open(json_path, "w") as fh:
+        json.dump({"meta": meta, "rows": rows}, fh, indent=1, default=str)
+    for t in ratios:
+        dtype = f" {t['dtype']}" if "dtype" in t else ""
+        log(
+            f"ratio {t['workload']}{dtype} B={t['B']}: {t['ratio']:.2f}x "
+            f"({t['ours']['solver']} vs {t['peer']['solver']})"
+        )
+    log(f"wrote {md_path} in {meta['wall_s'] / 60:.1f} min")
+
+
 # --------------------------------------------------------------------------- the machine
 
 

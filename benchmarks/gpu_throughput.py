@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import time
 
@@ -102,14 +101,7 @@ def main(argv=None):
     md = os.path.join(RESULTS, f"GPU_RESULTS{suffix}.md")
     with open(md, "w") as fh:
         fh.write("\n".join(lines) + "\n")
-    with open(os.path.join(RESULTS, f"gpu_results{suffix}.json"), "w") as fh:
-        json.dump({"meta": meta, "rows": rows}, fh, indent=1, default=str)
-    for t in ratios:
-        C.log(
-            f"ratio {t['workload']} B={t['B']}: {t['ratio']:.2f}x "
-            f"({t['ours']['solver']} vs {t['peer']['solver']})"
-        )
-    C.log(f"wrote {md} in {meta['wall_s'] / 60:.1f} min")
+    C.save_and_report(os.path.join(RESULTS, f"gpu_results{suffix}.json"), md, meta, rows, ratios)
 
 
 if __name__ == "__main__":

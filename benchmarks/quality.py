@@ -21,23 +21,11 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np
-import scipy.optimize as so
 
 import jaxopt_dict as jd
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from problems_lbfgs import ALL, dispatcher
-
-
-def scipy_solve(p):
-    bounds = p.flat_bounds()
-    return so.minimize(
-        p.value_and_grad_np,
-        p.flatten(p.x0),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=None if bounds is None else so.Bounds(*bounds),
-    )
 
 
 def main() -> None:
@@ -60,7 +48,7 @@ def main() -> None:
             continue
         fun, fargs = dispatcher(p)
         res = jd.minimize(fun, p.x0, args=fargs, method=args.method, bounds=p.bounds)
-        ref = scipy_solve(p)
+        ref = p.scipy_solve()
         status = jd.Status(int(res.status))
         ratio = int(res.nfev) / ref.nfev
         ratios[bounded].append(ratio)

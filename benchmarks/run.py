@@ -483,14 +483,7 @@ def main(argv=None):
         meta["plots"] = []
     md = os.path.join(RESULTS, f"RESULTS{suffix}.md")
     write_markdown(md, meta, rows, ratios)
-    with open(os.path.join(RESULTS, f"results{suffix}.json"), "w") as fh:
-        json.dump({"meta": meta, "rows": rows}, fh, indent=1, default=str)
-    for t in ratios:
-        C.log(
-            f"ratio {t['workload']} {t['dtype']} B={t['B']}: {t['ratio']:.2f}x "
-            f"({t['ours']['solver']} vs {t['peer']['solver']})"
-        )
-    C.log(f"wrote {md} in {meta['wall_s'] / 60:.1f} min")
+    C.save_and_report(os.path.join(RESULTS, f"results{suffix}.json"), md, meta, rows, ratios)
 
     quality = os.path.join(HERE, "quality.py")
     if args.quality and os.path.exists(quality):

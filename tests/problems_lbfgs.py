@@ -79,6 +79,20 @@ class Problem:
             return None
         return self.flatten(self.bounds[0]), self.flatten(self.bounds[1])
 
+    def scipy_solve(self):
+        """The reference: ``scipy.optimize.minimize(method="L-BFGS-B")`` with its defaults
+        on the flat problem (exact complex-step gradients)."""
+        import scipy.optimize as so  # a test/benchmark dependency, not the package's
+
+        bounds = self.flat_bounds()
+        return so.minimize(
+            self.value_and_grad_np,
+            self.flatten(self.x0),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=None if bounds is None else so.Bounds(*bounds),
+        )
+
 
 def _flat_jax(x: dict) -> Array:
     return jnp.concatenate([jnp.ravel(x[k]) for k in sorted(x)])

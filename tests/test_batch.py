@@ -82,19 +82,20 @@ def test_batched_args_and_shared_bounds():
     assert float(jnp.max(jnp.abs(res.x))) <= 1.0
 
 
+def bowl(x, center):
+    return 0.5 * jnp.sum(jnp.array([1.0, 2.0, 3.0]) * (x - center) ** 2)
+
+
 def test_lanes_finishing_together_wait_for_their_data():
-    # Same-shaped quadratics finish on the same trip: 8 lanes free at once, but only
-    # lanes // 4 = 2 take a new problem per trip; the others idle a trip. Each problem
-    # must still be solved with its own args row.
+    # Translated copies of one bowl, each started at the same offset from its center, take
+    # the same evaluations: all 8 lanes free up on the same trip, but only lanes // 4 = 2
+    # take a new problem per trip and the others idle. Each problem must still be solved
+    # with its own args row.
     centers = jnp.arange(20.0).reshape(20, 1) * jnp.ones((20, 3))
-    scales = jnp.ones((20, 3))
-    res = jd.minimize_batch(
-        shifted_quadratic, jnp.zeros((20, 3)), args=(centers, scales), method="L-BFGS", lanes=8
-    )
+    res = jd.minimize_batch(bowl, centers + 1.0, args=(centers,), method="L-BFGS", lanes=8)
+    assert len(set(np.asarray(res.nfev).tolist())) == 1  # they do finish together
     for i in range(20):
-        alone = jd.minimize(
-            shifted_quadratic, jnp.zeros(3), args=(centers[i], scales[i]), method="L-BFGS"
-        )
+        alone = jd.minimize(bowl, centers[i] + 1.0, args=(centers[i],), method="L-BFGS")
         np.testing.assert_allclose(res.x[i], alone.x, rtol=1e-12)
         assert int(res.nfev[i]) == int(alone.nfev)
     assert bool(res.success.all())

@@ -217,21 +217,10 @@ def _quad_mixed_grad(x):
 def test_jac_true_and_callable_match_autodiff(jac_kind):
     reference = solve(QUAD_MIXED, "GD-fixed")
     if jac_kind == "jac=True":
-        res = jd.minimize(
-            _quad_mixed_value_and_grad,
-            QUAD_MIXED.x0(),
-            method="GD",
-            jac=True,
-            options={"learning_rate": 0.2},
-        )
+        fun, jac = _quad_mixed_value_and_grad, True
     else:
-        res = jd.minimize(
-            quad_mixed,
-            QUAD_MIXED.x0(),
-            method="GD",
-            jac=_quad_mixed_grad,
-            options={"learning_rate": 0.2},
-        )
+        fun, jac = quad_mixed, _quad_mixed_grad
+    res = jd.minimize(fun, QUAD_MIXED.x0(), method="GD", jac=jac, options={"learning_rate": 0.2})
     assert int(res.nit) == int(reference.nit)
     chex.assert_trees_all_close(res.x, reference.x, rtol=1e-12)
     chex.assert_trees_all_close(res.jac, reference.jac, rtol=1e-9, atol=1e-15)

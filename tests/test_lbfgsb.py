@@ -52,15 +52,7 @@ EXACT_COUNTS = [
 
 @functools.cache
 def scipy_result(name: str):
-    p = BY_NAME[name]
-    bounds = p.flat_bounds()
-    return so.minimize(
-        p.value_and_grad_np,
-        p.flatten(p.x0),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=None if bounds is None else so.Bounds(*bounds),
-    )
+    return BY_NAME[name].scipy_solve()
 
 
 @functools.cache

@@ -1,5 +1,5 @@
-"""Only the tree helpers that ``optax.tree`` lacks: tree-valued bounds, finiteness, and
-a fusion barrier for XLA:CPU."""
+"""Only the tree helpers that ``optax.tree`` lacks: tree-valued bounds, finiteness, a
+fusion barrier for XLA:CPU, and reductions written out term by term for small leaves."""
 
 from __future__ import annotations
 
@@ -39,10 +39,12 @@ def _reduce(tree: PyTree, term, combine, whole) -> jax.Array:
 
     A small leaf is written out entry by entry, an elementwise expression that fuses into
     whatever reads it; a reduction is a kernel of its own, one more pass over the batch per
-    trip when small problems are vmapped. Larger leaves use ``whole(leaf)``.
+    trip when small problems are vmapped (measured on 1000 vmapped 2-D Rosenbrocks with
+    the two-loop L-BFGS: 20 fewer kernels, about 12% less time per trip). Larger leaves
+    use ``whole(leaf)``.
     """
     leaves = [jnp.asarray(leaf) for leaf in jax.tree.leaves(tree)]
-    # term(0) is the neutral start of both folds below: |0| for max, isfinite(0) for and.
+    # term(0) starts every fold here: 0 for sums, |0| for max, isfinite(0) for and.
     parts = [term(jnp.zeros((), leaves[0].dtype))] if leaves else []
     for leaf in leaves:
         if leaf.size <= SMALL_LEAF:
@@ -53,6 +55,11 @@ def _reduce(tree: PyTree, term, combine, whole) -> jax.Array:
     for part in parts[1:]:
         total = combine(total, part)
     return total
+
+
+def vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """``optax.tree.vdot`` for real leaves, small leaves written out (see ``_reduce``)."""
+    return _reduce(optax.tree.mul(a, b), lambda entry: entry, jnp.add, jnp.sum)
 
 
 def inf_norm(tree: PyTree) -> jax.Array:
