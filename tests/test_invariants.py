@@ -19,7 +19,7 @@ from problems import (
 )
 
 import jaxopt_dict as jd
-from jaxopt_dict.methods import resolve_method
+from jaxopt_dict.methods import lbfgsb, resolve_method
 
 jax.config.update("jax_enable_x64", True)
 
@@ -88,6 +88,71 @@ def test_state_types_stable_across_init_and_step(method_id, dtype, bounded):
         assert isinstance(outcome, jd.StepOutcome)
         for flag in (outcome.accepted, outcome.failed):
             assert getattr(flag, "shape", ()) == ()
+
+
+FIRST_TRIP_CASES = [
+    pytest.param(name, overrides, bounded, id=f"{method_id}{'-box' * bounded}")
+    for method_id, (name, overrides) in {
+        **METHODS,
+        "L-BFGS-B": ("L-BFGS-B", {}),
+        "L-BFGS-two-loop": ("L-BFGS", {}),
+        "L-BFGS-compact": (None, {}),
+    }.items()
+    for bounded in (False, True)
+    if not (bounded and name in ("Newton", "L-BFGS", None))
+]
+
+
+@pytest.mark.parametrize(("name", "overrides", "bounded"), FIRST_TRIP_CASES)
+def test_first_trip_step_behaves_as_init(name, overrides, bounded):
+    """``Stepper.step_starts``: on the first trip, ``step`` on a stale state (a finished
+    problem's, as a ``minimize_batch`` lane has) gives ``init``'s trial, and the two states
+    lead to the same trials and outcomes on the following trips."""
+    if name is None:  # the compact form without bounds (unbounded problems with n > 16)
+        stepper = lbfgsb._stepper(10, 20, bounded=False)
+        method = resolve_method("L-BFGS")
+    else:
+        method = resolve_method(name)
+        stepper = method.make(_method_opts(method, overrides))
+    assert stepper.step_starts
+    unravel = ravel_pytree(QUAD_MIXED.x0())[1]
+
+    def evaluate(x):
+        hess = None
+        if method.needs_hessian:
+            hess = jax.hessian(lambda z: quad_mixed(unravel(z)))(ravel_pytree(x)[0])
+        return jd.Evaluation(x, quad_mixed(x), jax.grad(quad_mixed)(x), hess)
+
+    box = jd.Box(*QUAD_MIXED.bounds()) if bounded else None
+
+    @jax.jit
+    def compare(x0, other_x0):
+        # A stale state: two trips of another problem.
+        stale, trial = stepper.init(evaluate(other_x0), box)
+        for _ in range(2):
+            stale, trial, _ = stepper.step(stale, evaluate(trial), box)
+        ev0 = evaluate(x0)
+        state_a, trial_a = stepper.init(ev0, box)
+        state_b, trial_b, _ = stepper.step(stale, ev0, box, jnp.asarray(True))
+        states = (stale, state_a)
+        trials, outcomes = [(trial_a, trial_b)], []
+        for _ in range(3):
+            ev = evaluate(trial_a)
+            state_a, trial_a, out_a = stepper.step(state_a, ev, box)
+            state_b, trial_b, out_b = stepper.step(state_b, evaluate(trial_b), box)
+            trials.append((trial_a, trial_b))
+            outcomes.append((out_a, out_b))
+        return trials, outcomes, states
+
+    x0 = QUAD_MIXED.x0()
+    trials, outcomes, (stale, state0) = compare(x0, jax.tree.map(lambda v: 0.5 * v - 1.0, x0))
+    for trial_a, trial_b in trials:
+        chex.assert_trees_all_equal(trial_a, trial_b)
+    for out_a, out_b in outcomes:
+        chex.assert_trees_all_equal(out_a, out_b)
+    # The stale state was really another one (stateless methods aside).
+    if jax.tree.leaves(state0):
+        assert not np.allclose(ravel_pytree(stale)[0], ravel_pytree(state0)[0])
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ batched program differently in the last ulp).
 
 Each lane keeps its own copy of its problem's ``args``; only the rows of newly taken
 problems are fetched, for at most a quarter of the lanes per trip (a free lane beyond that
-waits a trip). A lane that takes a new problem evaluates its x0 on the next trip and hands
-that evaluation to the method's ``init`` instead of ``step``: both are computed for every
-lane and one is selected, which keeps every trip a single evaluation of ``fun``.
+waits a trip). A lane that takes a new problem gets its x0 as the next trial and an
+evaluation count of 0: the next trip is that problem's first, which starts the method
+from x0 as in a single solve (``_loop.advance``), so nothing else of the lane is reset.
 """
 
 from __future__ import annotations
@@ -40,13 +40,6 @@ def _take(tree: PyTree, index: jax.Array) -> PyTree:
     return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
-def _where_lanes(mask: jax.Array, new: PyTree, old: PyTree) -> PyTree:
-    """Per lane (leading axis), ``new`` where ``mask`` else ``old``."""
-    return jax.tree.map(
-        lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (o.ndim - 1)), n, o), new, old
-    )
-
-
 def _solve_queue_impl(
     key: tuple[SolveStatic, int], x0: PyTree, args: tuple, dynamic: dict, box
 ) -> OptimizeResult:
@@ -56,7 +49,6 @@ def _solve_queue_impl(
     config = LoopConfig(maxiter=opts["maxiter"])
     hessian = static.method.needs_hessian
     evaluate = jax.vmap(lambda x, a: evaluate_objective(static.objective, x, a, hessian=hessian))
-    start_lanes = jax.vmap(lambda ev: start(stepper, ev, box, opts, config))
     advance_lanes = jax.vmap(lambda c, ev: advance(stepper, c, ev, box, opts, config))
     finish_lanes = jax.vmap(lambda c: finish(c, config))
 
@@ -70,31 +62,21 @@ def _solve_queue_impl(
     refill = _refill_slots(lanes)
     lane_problem = jnp.arange(lanes, dtype=jnp.int32)
     lane_args = _take(args, lane_problem)
-    # A zero carry of the right shapes for every lane; ``start`` replaces it on the first
-    # trip (every lane begins fresh), so no evaluation is spent on it.
-    carry_shape = jax.eval_shape(
-        lambda x, a: start_lanes(evaluate(x, a)), _take(x0, lane_problem), lane_args
+    ev_types = jax.eval_shape(evaluate, _take(x0, lane_problem), lane_args)
+    carry = jax.vmap(lambda x, ev: start(stepper, x, ev, box, config))(
+        _take(x0, lane_problem), ev_types
     )
-    carry = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), carry_shape)
     results = jax.tree.map(
         lambda leaf: jnp.zeros((n_problems,) + leaf.shape[1:], leaf.dtype), finish_lanes(carry)
     )
 
     def cond(loop):
-        return jnp.any(loop[4])
+        return jnp.any(loop[3])
 
     def body(loop):
-        carry, lane_args, lane_problem, fresh, active, next_problem, results = loop
+        carry, lane_args, lane_problem, active, next_problem, results = loop
         ev = evaluate(carry.trial, lane_args)
         carry = advance_lanes(carry, ev)
-        # Lanes that took a new problem last trip hand this evaluation (at their x0) to
-        # ``init`` instead. Most trips have none: the conds skip the work (no fun inside).
-        carry = jax.lax.cond(
-            jnp.any(fresh),
-            lambda c: _where_lanes(fresh, start_lanes(ev), c),
-            lambda c: c,
-            carry,
-        )
         done = active & (carry.status != RUNNING)
 
         def write(results):
@@ -103,6 +85,7 @@ def _solve_queue_impl(
                 lambda buf, new: buf.at[rows].set(new, mode="drop"), results, finish_lanes(carry)
             )
 
+        # Most trips finish no problem: the cond skips the writes (no fun inside).
         results = jax.lax.cond(jnp.any(done), write, lambda r: r, results)
         # Free lanes (finished now, or idle) take the next pending problems in lane order,
         # at most ``refill`` per trip; the rest wait a trip.
@@ -127,20 +110,23 @@ def _solve_queue_impl(
 
         trial, lane_args = fetch(carry.trial, lane_args)
         next_problem = next_problem + taken
-        carry = carry._replace(trial=trial)
-        return carry, lane_args, lane_problem, takes_new, active, next_problem, results
+        # The lane's next trip is its new problem's first (see ``_loop.advance``).
+        carry = carry._replace(
+            trial=trial,
+            nfev=jnp.where(takes_new, 0, carry.nfev),
+            status=jnp.where(takes_new, RUNNING, carry.status),
+        )
+        return carry, lane_args, lane_problem, active, next_problem, results
 
-    carry = carry._replace(trial=_take(x0, lane_problem))
     loop = (
         carry,
         lane_args,
         lane_problem,
         jnp.ones(lanes, bool),
-        jnp.ones(lanes, bool),
         jnp.asarray(lanes, jnp.int32),
         results,
     )
-    return jax.lax.while_loop(cond, body, loop)[6]
+    return jax.lax.while_loop(cond, body, loop)[5]
 
 
 # One compiled program per (method, fun, static options, lanes); differentiable in args and

@@ -90,13 +90,14 @@ def backtracking_stepper(
         search = backtracking_start(ev, direction(ev), first_step(ev, box))
         return search, backtracking_trial(search, box)
 
-    def step(search: Backtracking, ev, box):
-        restarted = backtracking_start(ev, direction(ev), next_step(search, ev, box))
+    def step(search: Backtracking, ev, box, first=False):
+        step_size = jnp.where(first, first_step(ev, box), next_step(search, ev, box))
+        restarted = backtracking_start(ev, direction(ev), step_size)
         search, accepted, failed = backtracking_advance(search, ev, maxls)
-        search = optax.tree.where(accepted, restarted, search)
+        search = optax.tree.where(accepted | first, restarted, search)
         return search, backtracking_trial(search, box), StepOutcome(accepted, failed)
 
-    return Stepper(init, step, uses_ftol=True)
+    return Stepper(init, step, uses_ftol=True, step_starts=True)
 
 
 # --- Moré–Thuente strong-Wolfe search (MINPACK-2 ``dcsrch``) as a state machine. -------

@@ -64,7 +64,11 @@ def reduction_too_small(f_old: jax.Array, f: jax.Array, ftol: jax.Array) -> jax.
 def _host_report(config: LoopConfig) -> Callable[..., None]:
     """A host function printing (``disp``) and calling back (``callback``) per iteration."""
 
-    def report(accepted, x, f, g, nit, nfev, pg_norm, step_norm):
+    def report(first, accepted, x, f, g, nit, nfev, pg_norm, step_norm):
+        if bool(first):
+            if config.disp:
+                print(f"iter      0  f = {float(f): .8e}  |pg|_inf = {float(pg_norm):.3e}")
+            return
         if not bool(accepted):
             return
         if config.disp:
@@ -97,41 +101,50 @@ def _final_message(status) -> None:
 
 def start(
     stepper: Stepper,
-    ev0: Evaluation,
+    x0: PyTree,
+    ev_types: Evaluation,
     box: Box | None,
-    opts: Mapping[str, Any],
     config: LoopConfig,
 ) -> _Carry:
-    """The loop's carry from the evaluation at the (already projected) starting point."""
-    gtol, maxfun = opts["gtol"], opts["maxfun"]
-    x0, f0 = ev0.x, ev0.f
-    finite0 = jnp.isfinite(f0) & all_finite(ev0.g)
-    state, trial = stepper.init(ev0, box)
-    small_gradient0 = inf_norm(projected_gradient(x0, ev0.g, box)) <= gtol
-    status0 = jnp.select(
-        [~finite0, small_gradient0 & (not stepper.has_memory), config.maxiter == 0, maxfun <= 1],
-        [Status.NONFINITE, Status.CONVERGED, Status.MAX_ITER, Status.MAX_ITER],
-        RUNNING,
-    ).astype(jnp.int32)
+    """The carry before anything is evaluated: the first trip evaluates ``x0``.
+
+    ``x0`` must already be projected; ``ev_types`` is an evaluation's shapes and dtypes
+    (``jax.eval_shape``). The method's state is a placeholder of zeros (see
+    ``Stepper.step_starts``): no code of the method's ``init`` enters the program.
+    """
+    state_types = jax.eval_shape(lambda ev: stepper.init(ev, box)[0], ev_types)
+    zeros = lambda t: jnp.zeros(t.shape, t.dtype)
     trace0 = None
     if config.trace:
         length = config.maxiter + 1
         trace0 = Trace(
-            fun=jnp.full((length,), f0),
-            x=jax.tree.map(lambda v: jnp.broadcast_to(v, (length,) + v.shape), x0),
+            fun=jnp.zeros((length,), ev_types.f.dtype),
+            x=jax.tree.map(lambda v: jnp.zeros((length,) + v.shape, v.dtype), x0),
         )
     return _Carry(
-        state,
-        optax.tree.cast_like(trial, x0),
-        x0,
-        f0,
-        ev0.g,
-        jnp.asarray(0, jnp.int32),
-        jnp.asarray(1, jnp.int32),
-        status0,
-        small_gradient0,
-        trace0,
+        state=jax.tree.map(zeros, state_types),
+        trial=x0,
+        x=x0,
+        f=zeros(ev_types.f),
+        g=jax.tree.map(zeros, ev_types.g),
+        nit=jnp.asarray(0, jnp.int32),
+        nfev=jnp.asarray(0, jnp.int32),
+        status=jnp.asarray(RUNNING, jnp.int32),
+        small_gradient=jnp.asarray(False),
+        trace=trace0,
     )
+
+
+def _step(stepper: Stepper, state, ev: Evaluation, box: Box | None, first: jax.Array):
+    """The method's step; on the first trip (``first``), its ``init`` instead."""
+    if stepper.step_starts:
+        return stepper.step(state, ev, box, first)
+    state1, trial1, outcome = stepper.step(state, ev, box)
+    state0, trial0 = stepper.init(ev, box)
+    state0 = jax.tree.map(lambda new, old: jnp.asarray(new).astype(old.dtype), state0, state1)
+    trial0 = optax.tree.cast_like(trial0, trial1)
+    pick = lambda a, b: optax.tree.where(first, a, b)
+    return pick(state0, state1), pick(trial0, trial1), outcome
 
 
 def advance(
@@ -143,30 +156,38 @@ def advance(
     config: LoopConfig,
 ) -> _Carry:
     """One trip's bookkeeping: feed the evaluation at ``c.trial`` to the method, then decide
-    whether the solve goes on (the driver's stopping rules, in priority order)."""
+    whether the solve goes on (the driver's stopping rules, in priority order).
+
+    The first trip (``nfev == 0``) evaluates x0: it starts the method, sets the iterate
+    and counts no iteration; x0 may already satisfy ``gtol`` (or ``maxiter`` be 0).
+    """
     gtol, xtol, maxfun = opts["gtol"], opts["xtol"], opts["maxfun"]
+    first = c.nfev == 0
     nfev = c.nfev + 1
     finite = jnp.isfinite(ev.f) & all_finite(ev.g)
-    state, trial, outcome = stepper.step(c.state, ev, box)
+    state, trial, outcome = _step(stepper, c.state, ev, box, first)
     # Keep the carry's dtypes exactly (a strongly typed float64 hyperparameter must not
     # promote a float32 state).
     state = jax.tree.map(lambda new, old: new.astype(old.dtype), state, c.state)
     trial = optax.tree.cast_like(trial, c.trial)
-    accepted = jnp.asarray(outcome.accepted, bool) & finite
-    failed = jnp.asarray(outcome.failed, bool)
-    nit = c.nit + accepted.astype(jnp.int32)
-    x = optax.tree.where(accepted, ev.x, c.x)
-    f = jnp.where(accepted, ev.f, c.f)
-    g = optax.tree.where(accepted, ev.g, c.g)
+    accepted = jnp.asarray(outcome.accepted, bool) & finite & ~first
+    failed = jnp.asarray(outcome.failed, bool) & ~first
+    # The evaluated point becomes the iterate: x0 on the first trip, then accepted ones.
+    take = accepted | first
+    nit = jnp.where(first, 0, c.nit + accepted.astype(jnp.int32))
+    x = optax.tree.where(take, ev.x, c.x)
+    f = jnp.where(take, ev.f, c.f)
+    g = optax.tree.where(take, ev.g, c.g)
     pg_norm = inf_norm(projected_gradient(ev.x, ev.g, box))
     step_norm = inf_norm(optax.tree.sub(ev.x, c.x))
     reduction_small = False
     if stepper.uses_ftol:
         reduction_small = reduction_too_small(c.f, ev.f, opts["ftol"])
-    small_gradient = jnp.where(accepted, pg_norm <= gtol, c.small_gradient)
-    converged = accepted & small_gradient
+    small_gradient = jnp.where(take, pg_norm <= gtol, c.small_gradient)
     if stepper.has_memory:
-        converged = converged & c.small_gradient
+        converged = accepted & small_gradient & c.small_gradient
+    else:
+        converged = take & small_gradient
     status = jnp.select(
         [
             ~finite,
@@ -174,7 +195,7 @@ def advance(
             accepted & reduction_small,
             accepted & (step_norm <= xtol),
             failed,
-            accepted & (nit >= config.maxiter),
+            take & (nit >= config.maxiter),
             nfev >= maxfun,
         ],
         [
@@ -192,15 +213,17 @@ def advance(
     if trace is not None:
         row = jnp.minimum(nit, config.maxiter)
         trace = Trace(
-            fun=trace.fun.at[row].set(jnp.where(accepted, ev.f, trace.fun[row])),
+            fun=trace.fun.at[row].set(jnp.where(take, ev.f, trace.fun[row])),
             x=jax.tree.map(
-                lambda buf, v: buf.at[row].set(jnp.where(accepted, v, buf[row])),
+                lambda buf, v: buf.at[row].set(jnp.where(take, v, buf[row])),
                 trace.x,
                 ev.x,
             ),
         )
     if config.disp or config.callback is not None:
-        jax.debug.callback(_host_report(config), accepted, x, f, g, nit, nfev, pg_norm, step_norm)
+        jax.debug.callback(
+            _host_report(config), first, accepted, x, f, g, nit, nfev, pg_norm, step_norm
+        )
     return _Carry(state, trial, x, f, g, nit, nfev, status, small_gradient, trace)
 
 
@@ -250,14 +273,8 @@ def run(
       opts: ``gtol``, ``xtol``, ``maxfun`` and, for ``stepper.uses_ftol``, ``ftol``.
       config: the static settings.
     """
-    ev0 = evaluate(project(x0, box))
-    carry = start(stepper, ev0, box, opts, config)
-    if config.disp:
-        jax.debug.callback(
-            lambda f, pg: print(f"iter      0  f = {float(f): .8e}  |pg|_inf = {float(pg):.3e}"),
-            ev0.f,
-            inf_norm(projected_gradient(ev0.x, ev0.g, box)),
-        )
+    x0 = project(x0, box)
+    carry = start(stepper, x0, jax.eval_shape(evaluate, x0), box, config)
 
     def body(c: _Carry) -> _Carry:
         ev = evaluate(c.trial)  # The one evaluation of this trip.

@@ -93,12 +93,21 @@ class Stepper(NamedTuple):
       has_memory: the update carries momentum, so a small gradient at one iterate does
         not mean the method has come to rest (Adam coasts through a saddle); the driver
         then asks for ``gtol`` to hold at two consecutive iterates.
+      step_starts: ``step`` also takes ``first`` (a bool array): true on the solve's first
+        trip, when ``ev`` is at x0 and ``state`` is a placeholder of ``init``'s types
+        (zeros, or a finished problem's state in ``minimize_batch``). ``step`` must then
+        return ``init(ev, box)``'s state and trial without reading ``state`` (its outcome
+        is ignored). The driver only uses ``init`` for its types then, so the compiled
+        program has one copy of the method instead of two, and a batch lane starts a new
+        problem without a separate pass over its state. Otherwise the driver computes
+        both ``init`` and ``step`` on each trip and picks one.
     """
 
     init: Callable[[Evaluation, Box | None], tuple[State, PyTree]]
-    step: Callable[[State, Evaluation, Box | None], tuple[State, PyTree, StepOutcome]]
+    step: Callable[..., tuple[State, PyTree, StepOutcome]]
     uses_ftol: bool = False
     has_memory: bool = False
+    step_starts: bool = False
 
 
 class Method(NamedTuple):

@@ -166,12 +166,13 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         g = ravel_pytree(ev.g)[0].astype(dtype)
         f = jnp.asarray(ev.f, dtype)
         zero = jnp.zeros((), jnp.int32)
-        d, gd0, search = _start_search(x, f, g, x - g, zero)
+        z = x - g
+        d, gd0, search = _start_search(x, f, g, z, zero)
         mem = memory_empty(maxcor, x.shape[0], dtype)
-        state = LbfgsState(mem, x, f, g, d, x + d, gd0, search, zero, zero)
+        state = LbfgsState(mem, x, f, g, d, z, gd0, search, zero, zero)
         return state, unravel(_trial(state))
 
-    def step(state: LbfgsState, ev, box):
+    def step(state: LbfgsState, ev, box, first=False):
         del box
         xe, unravel = ravel_pytree(ev.x)
         dtype = state.x.dtype
@@ -183,13 +184,15 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         s0 = state.search
         stp = more_thuente_step(s0)
         search, task = more_thuente_advance(s0, fe, gd, gtol=WOLFE_GTOL)
-        done = task != WolfeTask.CONTINUE
+        # On the first trip the evaluation is x0's: it is taken as a finished search
+        # with nothing to store, and the restart below makes init's state from it.
+        done = (task != WolfeTask.CONTINUE) | first
         search_failed = ~done & (trials >= maxls)
         restart = done | search_failed
         # The pair from the line search; scipy takes s^T y from the slopes along d and
         # skips it unless s^T y > eps * (-g^T s).
         sy = (gd - state.gd0) * stp
-        push = done & (sy > jnp.finfo(dtype).eps * (-state.gd0 * stp))
+        push = done & ~first & (sy > jnp.finfo(dtype).eps * (-state.gd0 * stp))
         y = ge - state.g
         yy = vdot(y, y)
         # Materialized once: XLA would otherwise recompute this scalar chain (and the
@@ -204,10 +207,10 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         x = jnp.where(done, xe, state.x)
         f = jnp.where(done, fe, state.f)
         g = materialize(jnp.where(done, ge, state.g))
-        iteration = state.iter + done.astype(jnp.int32)
+        iteration = jnp.where(first, 0, state.iter + done.astype(jnp.int32))
         z = x - inverse_times(mem, g)
-        # Not finite or not downhill: scipy drops the memory and steps along -g.
-        fresh = ~(all_finite(z) & (vdot(g, z - x) < 0))
+        # Not finite or not downhill: scipy drops the memory and steps along -g (as at x0).
+        fresh = first | ~(all_finite(z) & (vdot(g, z - x) < 0))
         z = jnp.where(fresh, x - g, z)
         mem = memory_reset(mem, restart & fresh)
         d, gd0, new_search = _start_search(x, f, g, z, iteration)
@@ -230,4 +233,4 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         failed = (search_failed & (old.count == 0)) | ~(state.gd0 < 0)
         return state, unravel(_trial(state)), StepOutcome(done, failed)
 
-    return Stepper(init, step, uses_ftol=True)
+    return Stepper(init, step, uses_ftol=True, step_starts=True)

@@ -201,7 +201,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         state = LbfgsbState(mem, x, f, g, d, z, gd0, vg, search, zero, zero)
         return state, unravel(_trial(state, bounds))
 
-    def step(state: LbfgsbState, ev, box):
+    def step(state: LbfgsbState, ev, box, first=False):
         xe, unravel = ravel_pytree(ev.x)
         dtype = state.x.dtype
         xe = xe.astype(dtype)
@@ -235,6 +235,11 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         search, stp, sy, done, search_failed, push = jax.lax.cond(
             wolfe, lambda: outcome(False), lambda: outcome(True)
         )
+        # On the first trip the evaluation is x0's: it is taken as a finished search
+        # with nothing to store, and the restart below makes init's state from it.
+        done = done | first
+        search_failed = search_failed & ~first
+        push = push & ~first
         restart = done | search_failed
 
         s_new = stp * state.d
@@ -258,6 +263,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
             mem = memory_push(state.memory, s_new, y, sy, yy, ss, push, products, s_rows=False)
             pushed = pushed_products(state.memory, v_ge, stp * gd, jnp.dot(y, ge))
             vg = jnp.where(push, pushed, jnp.where(done, v_ge, state.vg))
+            vg = jnp.where(first, 0.0, vg)
         # A failed search drops the memory and retries steepest descent from x once.
         stored = mem  # equal to state.memory (v aside) unless a pair was stored
         # (R^-1 is only read through the valid slots, and a reset leaves none: the next
@@ -266,11 +272,11 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         x = jnp.where(done, xe, state.x)
         f = jnp.where(done, fe, state.f)
         g = jnp.where(done, ge, state.g)
-        iteration = state.iter + done.astype(jnp.int32)
+        iteration = jnp.where(first, 0, state.iter + done.astype(jnp.int32))
         z = _search_point(x, g, mem, bounds, vg)
         # Not finite (a factorization broke down) or not downhill: scipy drops the memory
-        # and takes the Cauchy point of B = I, which is P(x - g).
-        fresh = ~(jnp.all(jnp.isfinite(z)) & (jnp.dot(g, z - x) < 0))
+        # and takes the Cauchy point of B = I, which is P(x - g) (as at x0).
+        fresh = first | ~(jnp.all(jnp.isfinite(z)) & (jnp.dot(g, z - x) < 0))
         z = jnp.where(fresh, _clip(x - g, bounds), z)
         # One reset of the stored memory for both reasons (a pair is only stored on a
         # restart, so without one ``stored`` is the old memory: no select over it).
@@ -298,7 +304,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         failed = (search_failed & (count_before == 0)) | ~(state.gd0 < 0)
         return state, unravel(_trial(state, bounds)), StepOutcome(done, failed)
 
-    return Stepper(init, step, uses_ftol=True)
+    return Stepper(init, step, uses_ftol=True, step_starts=True)
 
 
 def _dispatch(maxcor: int, maxls: int, bounded: bool) -> Stepper:
@@ -318,8 +324,9 @@ def _dispatch(maxcor: int, maxls: int, bounded: bool) -> Stepper:
 
     return Stepper(
         lambda ev, box: pick(ev, box).init(ev, box),
-        lambda state, ev, box: pick(ev, box).step(state, ev, box),
+        lambda state, ev, box, first=False: pick(ev, box).step(state, ev, box, first),
         uses_ftol=True,
+        step_starts=True,
     )
 
 

@@ -45,10 +45,10 @@ def _fixed_stepper(learning_rate) -> Stepper:
     def init(ev, box):
         return (), advance(ev)
 
-    def step(state, ev, box):
+    def step(state, ev, box, first=False):
         return state, advance(ev), StepOutcome(accepted=True)
 
-    return Stepper(init, step)
+    return Stepper(init, step, step_starts=True)
 
 
 def _unit_step(*_):

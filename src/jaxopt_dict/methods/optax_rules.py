@@ -28,11 +28,12 @@ def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
     def init(ev, box):
         return advance(tx.init(ev.x), ev, box)
 
-    def step(opt_state, ev, box):
+    def step(opt_state, ev, box, first=False):
+        opt_state = optax.tree.where(first, tx.init(ev.x), opt_state)
         opt_state, x_next = advance(opt_state, ev, box)
         return opt_state, x_next, StepOutcome(accepted=True)
 
-    return Stepper(init, step, has_memory=True)
+    return Stepper(init, step, has_memory=True, step_starts=True)
 
 
 def optax_method(

@@ -193,10 +193,10 @@ def make(opts: Mapping[str, Any]) -> Stepper:
     def init(ev, box):
         return (), update(ev)
 
-    def step(state, ev, box):
+    def step(state, ev, box, first=False):
         return state, update(ev), StepOutcome(accepted=True)
 
-    return Stepper(init, step)
+    return Stepper(init, step, step_starts=True)
 
 
 PG = Method(
