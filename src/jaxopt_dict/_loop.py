@@ -20,7 +20,7 @@ import optax
 
 from jaxopt_dict._method import Box, Evaluation, Stepper
 from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace
-from jaxopt_dict._tree import all_finite, inf_norm, project, projected_gradient
+from jaxopt_dict._tree import inf_norms, project, projected_gradient
 
 PyTree = Any
 
@@ -164,7 +164,15 @@ def advance(
     gtol, xtol, maxfun = opts["gtol"], opts["xtol"], opts["maxfun"]
     first = c.nfev == 0
     nfev = c.nfev + 1
-    finite = jnp.isfinite(ev.f) & all_finite(ev.g)
+    # Every norm of the trip in one reduction; g's is NaN or inf where g is not finite.
+    if box is None:
+        g_norm, step_norm = inf_norms(ev.g, optax.tree.sub(ev.x, c.x))
+        pg_norm = g_norm
+    else:
+        g_norm, pg_norm, step_norm = inf_norms(
+            ev.g, projected_gradient(ev.x, ev.g, box), optax.tree.sub(ev.x, c.x)
+        )
+    finite = jnp.isfinite(ev.f) & jnp.isfinite(g_norm)
     state, trial, outcome = _step(stepper, c.state, ev, box, first)
     # Keep the carry's dtypes exactly (a strongly typed float64 hyperparameter must not
     # promote a float32 state).
@@ -178,8 +186,6 @@ def advance(
     x = optax.tree.where(take, ev.x, c.x)
     f = jnp.where(take, ev.f, c.f)
     g = optax.tree.where(take, ev.g, c.g)
-    pg_norm = inf_norm(projected_gradient(ev.x, ev.g, box))
-    step_norm = inf_norm(optax.tree.sub(ev.x, c.x))
     reduction_small = False
     if stepper.uses_ftol:
         reduction_small = reduction_too_small(c.f, ev.f, opts["ftol"])

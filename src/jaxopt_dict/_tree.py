@@ -3,6 +3,7 @@ fusion barrier for XLA:CPU, and reductions written out term by term for small le
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -65,6 +66,36 @@ def vdot(a: PyTree, b: PyTree) -> jax.Array:
 def inf_norm(tree: PyTree) -> jax.Array:
     """Largest absolute entry over all leaves (NaN if any entry is NaN)."""
     return _reduce(tree, jnp.abs, jnp.maximum, lambda leaf: jnp.max(jnp.abs(leaf)))
+
+
+def inf_norms(*trees: PyTree) -> tuple[jax.Array, ...]:
+    """``inf_norm`` of each tree; large leaves of one shape and dtype go through one
+    reduction together (on XLA:CPU each reduction over a large leaf is two kernels, so
+    the driver's norms per trip cost two kernels instead of two per norm)."""
+    groups: dict = {}
+    small: list[list[jax.Array]] = [[] for _ in trees]
+    for i, tree in enumerate(trees):
+        for leaf in jax.tree.leaves(tree):
+            leaf = jnp.asarray(leaf)
+            if leaf.size <= SMALL_LEAF:
+                small[i].append(leaf)
+            else:
+                groups.setdefault((leaf.shape, leaf.dtype), []).append((i, leaf))
+    parts: list[list[jax.Array]] = [[inf_norm(leaves)] if leaves else [] for leaves in small]
+    for members in groups.values():
+        stacked = jnp.abs(jnp.stack([leaf for _, leaf in members]))
+        maxima = jnp.max(stacked.reshape(len(members), -1), axis=1)
+        for k, (i, _) in enumerate(members):
+            parts[i].append(maxima[k])
+    return tuple(functools.reduce(jnp.maximum, p) for p in parts)
+
+
+def dots(*pairs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
+    """``a @ b`` for each pair of flat vectors of one length; above ``SMALL_LEAF``
+    entries, one reduction for all of them (as in ``inf_norms``)."""
+    if pairs[0][0].size <= SMALL_LEAF:
+        return tuple(jnp.dot(a, b) for a, b in pairs)
+    return tuple(jnp.sum(jnp.stack([a * b for a, b in pairs]), axis=1))
 
 
 def all_finite(tree: PyTree) -> jax.Array:

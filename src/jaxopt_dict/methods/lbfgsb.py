@@ -48,7 +48,7 @@ from jaxopt_dict._linesearch import (
 )
 from jaxopt_dict._method import Box, Method, StepOutcome, Stepper
 from jaxopt_dict._options import Option, line_search_options
-from jaxopt_dict._tree import materialize
+from jaxopt_dict._tree import dots, materialize
 from jaxopt_dict.methods.lbfgs import BIG_STEP, TWO_LOOP_MAX_N, WOLFE_GTOL, lbfgs_stepper
 
 
@@ -168,12 +168,12 @@ def _max_step(x, d, bounds: _Bounds | None):
 def _start_search(x, f, g, z, iteration, bounds: _Bounds | None):
     """The search along ``d = z - x`` with scipy's first step and step bound."""
     d = z - x
-    gd0 = jnp.dot(g, d)
+    gd0, d_squared = dots((g, d), (d, d))
     first = iteration == 0
     constrained = False if bounds is None else bounds.constrained
     stpmax = jnp.where(first & constrained, 1.0, _max_step(x, d, bounds)).astype(x.dtype)
     boxed = False if bounds is None else bounds.boxed
-    norm = jnp.sqrt(jnp.dot(d, d))
+    norm = jnp.sqrt(d_squared)
     inv_norm = 1.0 / jnp.where(norm > 0, norm, 1.0)
     stp = jnp.where(first & ~boxed, jnp.minimum(inv_norm, stpmax), 1.0)
     return d, gd0, more_thuente_start(f, gd0, stp, stpmax)
@@ -208,7 +208,9 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         ge = ravel_pytree(ev.g)[0].astype(dtype)
         fe = jnp.asarray(ev.f, dtype)
         bounds = _flat_bounds(box, dtype) if bounded else None
-        gd = jnp.dot(ge, state.d)
+        y = ge - state.g
+        # The trip's sums over n, in one reduction.
+        gd, yy, dd, y_ge = dots((ge, state.d), (y, y), (state.d, state.d), (y, ge))
         trials = state.trials + 1
         s0 = state.search
         wolfe = (fe <= s0.finit + more_thuente_step(s0) * s0.gtest) & (
@@ -243,9 +245,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         restart = done | search_failed
 
         s_new = stp * state.d
-        y = ge - state.g
-        yy = jnp.dot(y, y)
-        ss = stp * stp * jnp.dot(state.d, state.d)
+        ss = stp * stp * dd
         # Materialize the per-problem scalars once. Under vmap the cond above is a select
         # and XLA would otherwise recompute this whole scalar chain (evaluation included)
         # inside every fusion over the (2k, 2k) and (k, k) matrices, per element.
@@ -261,7 +261,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
             v_ge = pair_products(state.memory, ge)
             products = jnp.stack([jnp.zeros_like(v_ge), v_ge - state.vg])
             mem = memory_push(state.memory, s_new, y, sy, yy, ss, push, products, s_rows=False)
-            pushed = pushed_products(state.memory, v_ge, stp * gd, jnp.dot(y, ge))
+            pushed = pushed_products(state.memory, v_ge, stp * gd, y_ge)
             vg = jnp.where(push, pushed, jnp.where(done, v_ge, state.vg))
             vg = jnp.where(first, 0.0, vg)
         # A failed search drops the memory and retries steepest descent from x once.
@@ -276,7 +276,9 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         z = _search_point(x, g, mem, bounds, vg)
         # Not finite (a factorization broke down) or not downhill: scipy drops the memory
         # and takes the Cauchy point of B = I, which is P(x - g) (as at x0).
-        fresh = first | ~(jnp.all(jnp.isfinite(z)) & (jnp.dot(g, z - x) < 0))
+        # (z is finite when the sum of z - x is: one reduction with the slope.)
+        slope, total = dots((g, z - x), (jnp.ones_like(z), z - x))
+        fresh = first | ~(jnp.isfinite(total) & (slope < 0))
         z = jnp.where(fresh, _clip(x - g, bounds), z)
         # One reset of the stored memory for both reasons (a pair is only stored on a
         # restart, so without one ``stored`` is the old memory: no select over it).
