@@ -5,7 +5,8 @@ scipy's stopping rules, "return the last finite iterate", ``maxfun``, and the op
 ``callback`` / ``disp`` / ``trace`` (absent from the compiled program unless asked for).
 A method only says, per trip, whether the evaluated point is its new iterate and which
 point to evaluate next; so a line search is a state machine, never a nested loop, and a
-vmapped batch costs exactly as many evaluations as its hardest member.
+vmapped batch costs exactly as many evaluations as its hardest member. Nothing is
+evaluated before the loop: its first trip evaluates x0 and starts the method.
 """
 
 from __future__ import annotations
