@@ -30,8 +30,9 @@ def option_specs(method: Method) -> tuple[Option, ...]:
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="hessian")
 def evaluate_objective(objective: Objective, x: PyTree, args: tuple, hessian: bool):
-    # A jit (inlined by XLA) so the evaluation before the loop and the one in its body
-    # share one trace: a user's fun is traced once per compiled solve, not once per site.
+    # A jit (inlined by XLA) so the loop's ``jax.eval_shape`` of an evaluation and the
+    # evaluation in its body share one trace: a user's fun is traced once per compiled
+    # solve, not once per site.
     return objective.evaluate(x, args, hessian)
 
 
