@@ -276,7 +276,8 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         z = _search_point(x, g, mem, bounds, vg)
         # Not finite (a factorization broke down) or not downhill: scipy drops the memory
         # and takes the Cauchy point of B = I, which is P(x - g) (as at x0).
-        # (z is finite when the sum of z - x is: one reduction with the slope.)
+        # (z - x summed tells whether z is finite, in the slope's reduction; a sum of
+        # finite entries near the float maximum can overflow and also restart: harmless.)
         slope, total = dots((g, z - x), (jnp.ones_like(z), z - x))
         fresh = first | ~(jnp.isfinite(total) & (slope < 0))
         z = jnp.where(fresh, _clip(x - g, bounds), z)
