@@ -41,14 +41,26 @@ def _take(tree: PyTree, index: jax.Array) -> PyTree:
 
 
 def _solve_queue_impl(
-    key: tuple[SolveStatic, int], x0: PyTree, args: tuple, dynamic: dict, box
+    key: tuple[SolveStatic, int, tuple], x0: PyTree, args: tuple, dynamic: dict, box
 ) -> OptimizeResult:
-    static, lanes = key
+    static, lanes, args_axes = key
     opts = {**dict(static.options), **dynamic}
     stepper = static.method.make(opts)
     config = LoopConfig(maxiter=opts["maxiter"])
     hessian = static.method.needs_hessian
-    evaluate = jax.vmap(lambda x, a: evaluate_objective(static.objective, x, a, hessian=hessian))
+    evaluate_lanes = jax.vmap(
+        lambda x, a: evaluate_objective(static.objective, x, a, hessian=hessian),
+        in_axes=(0, args_axes),
+    )
+    # Only the batched args live in the lanes; shared ones are read as they are.
+    batched = [i for i, axis in enumerate(args_axes) if axis == 0]
+
+    def evaluate(x, lane_args):
+        full = list(args)
+        for i, leaf in zip(batched, lane_args):
+            full[i] = leaf
+        return evaluate_lanes(x, tuple(full))
+
     advance_lanes = jax.vmap(lambda c, ev: advance(stepper, c, ev, box, opts, config))
     finish_lanes = jax.vmap(lambda c: finish(c, config))
 
@@ -61,7 +73,8 @@ def _solve_queue_impl(
     # fetched per trip and scattered into the lanes that take them.
     refill = _refill_slots(lanes)
     lane_problem = jnp.arange(lanes, dtype=jnp.int32)
-    lane_args = _take(args, lane_problem)
+    args_batched = tuple(args[i] for i in batched)
+    lane_args = _take(args_batched, lane_problem)
     ev_types = jax.eval_shape(evaluate, _take(x0, lane_problem), lane_args)
     carry = jax.vmap(lambda x, ev: start(stepper, x, ev, box, config))(
         _take(x0, lane_problem), ev_types
@@ -106,7 +119,7 @@ def _solve_queue_impl(
                 jnp.arange(lanes, dtype=jnp.int32), mode="drop"
             )
             put = lambda lane_leaf, src: lane_leaf.at[target].set(src[rows], mode="drop")
-            return jax.tree.map(put, trial, x0), jax.tree.map(put, lane_args, args)
+            return jax.tree.map(put, trial, x0), jax.tree.map(put, lane_args, args_batched)
 
         trial, lane_args = fetch(carry.trial, lane_args)
         next_problem = next_problem + taken
@@ -129,11 +142,14 @@ def _solve_queue_impl(
     return jax.lax.while_loop(cond, body, loop)[5]
 
 
-# One compiled program per (method, fun, static options, lanes); differentiable in args and
-# bounds by implicit differentiation at each problem's solution, like ``minimize``.
+# One compiled program per (method, fun, static options, lanes, args axes); differentiable
+# in args and bounds by implicit differentiation at each problem's solution, like
+# ``minimize``.
 _solve_queue = jax.jit(
     with_implicit_diff(
-        _solve_queue_impl, lambda key: key[0].objective.value_and_grad, batched=True
+        _solve_queue_impl,
+        lambda key: key[0].objective.value_and_grad,
+        args_axes_of=lambda key: key[2],
     ),
     static_argnums=0,
 )
@@ -162,20 +178,26 @@ def minimize_batch(
     tol: float | None = None,
     options: Mapping[str, Any] | None = None,
     lanes: int | None = None,
+    args_axes: int | None | tuple[int | None, ...] = 0,
 ) -> OptimizeResult:
     """Solve a batch of problems with continuous batching; like ``jax.vmap(minimize)``.
 
     Args:
       fun, jac, method, tol, options: as for ``minimize`` (``disp``/``trace`` not taken).
       x0: a pytree whose every leaf has a leading batch axis of the same length B.
-      args: a tuple of pytrees whose every leaf has the leading batch axis B.
+      args: a tuple of pytrees; those batched (see ``args_axes``) have the leading batch
+        axis B on every leaf, the others are shared by all problems.
       bounds: as for ``minimize``, shared by all problems (no batch axis).
       lanes: how many problems are in flight at once (default ``min(B, 256)``).
+      args_axes: per arg, 0 (batched along its leading axis) or ``None`` (the same for
+        every problem, as ``jax.vmap``'s ``in_axes=None``: one design matrix for many
+        targets is passed once, not copied B times); one value applies to all args.
 
     Returns:
       An ``OptimizeResult`` whose every field has the leading batch axis B; entry i equals
       ``minimize`` on problem i alone. Differentiable in ``args`` and ``bounds`` like
-      ``minimize`` (implicit differentiation at each problem's solution).
+      ``minimize`` (implicit differentiation at each problem's solution; the derivative
+      in a shared arg sums over the problems, as through ``jax.vmap``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxopt_dict as jd
@@ -185,14 +207,19 @@ def minimize_batch(
       >>> jnp.round(res.x, 4).tolist()
       [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
     """
-    leaves = jax.tree.leaves(x0) + jax.tree.leaves(args)
-    if not leaves:
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
+    args_axes = _normalize_args_axes(args_axes, len(args))
+    batched_args = [a for a, axis in zip(args, args_axes) if axis == 0]
+    leaves = jax.tree.leaves(x0) + jax.tree.leaves(batched_args)
+    if not jax.tree.leaves(x0):
         raise ValueError("x0 has no array leaves: there is nothing to optimize.")
     sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(
             "minimize_batch needs a leading batch axis of one length on every leaf of x0 and "
-            f"args; got leading sizes {sorted(map(str, sizes))}."
+            f"of the batched args; got leading sizes {sorted(map(str, sizes))} (an arg shared "
+            "by all problems takes args_axes=None)."
         )
     (n_problems,) = sizes
     if options and (options.get("disp") or options.get("trace")):
@@ -200,8 +227,26 @@ def minimize_batch(
     lanes = min(n_problems, 256 if lanes is None else int(lanes))
     if lanes < 1:
         raise ValueError(f"lanes must be >= 1, got {lanes}.")
+    one_problem = tuple(_take(a, 0) if axis == 0 else a for a, axis in zip(args, args_axes))
     static, _, dynamic, box = prepare_solve(
-        fun, _take(x0, 0), _take(args, 0), method, jac, bounds, tol, options, None
+        fun, _take(x0, 0), one_problem, method, jac, bounds, tol, options, None
     )
     x0 = jax.tree.map(jnp.asarray, x0)
-    return _solve_queue((static, lanes), x0, args, dynamic, box)
+    return _solve_queue((static, lanes, args_axes), x0, args, dynamic, box)
+
+
+def _normalize_args_axes(args_axes, n_args: int) -> tuple[int | None, ...]:
+    """``args_axes`` as one 0 or ``None`` per arg (see ``minimize_batch``)."""
+    axes = args_axes if isinstance(args_axes, (tuple, list)) else (args_axes,) * n_args
+    if len(axes) != n_args:
+        raise ValueError(
+            f"args_axes has {len(axes)} entries for {n_args} args; give one per arg, or one "
+            "value for all."
+        )
+    for axis in axes:
+        if axis is not None and (isinstance(axis, bool) or axis != 0):
+            raise ValueError(
+                f"args_axes entries must be 0 (batched along the leading axis) or None "
+                f"(shared by all problems), got {axis!r}."
+            )
+    return tuple(None if axis is None else 0 for axis in axes)

@@ -129,14 +129,18 @@ def implicit_tangent(
     return dx, df, dg
 
 
-def with_implicit_diff(solve: Callable, objective_of: Callable, batched: bool = False) -> Callable:
+def with_implicit_diff(
+    solve: Callable, objective_of: Callable, args_axes_of: Callable | None = None
+) -> Callable:
     """Wrap ``solve(static, x0, args, dynamic, box) -> OptimizeResult`` in a custom JVP.
 
     ``objective_of(static)`` returns the ``value_and_grad(x, args)`` the solve minimized.
     ``x0`` and the numeric options get zero derivatives; ``args`` and ``box`` get the
-    implicit-function derivative. ``batched``: ``x0``, ``args`` and the result carry a
-    leading batch axis of independent problems (the box is shared), each differentiated
-    at its own solution.
+    implicit-function derivative. With ``args_axes_of``, the solve is batched: ``x0`` and
+    the result carry a leading batch axis of independent problems, each differentiated at
+    its own solution; ``args_axes_of(static)`` gives each arg's batch axis (0, or ``None``
+    for an arg shared by all problems, whose derivative then sums over them); the box is
+    shared.
     """
 
     solve_diff = jax.custom_jvp(solve, nondiff_argnums=(0,))
@@ -147,8 +151,9 @@ def with_implicit_diff(solve: Callable, objective_of: Callable, batched: bool = 
         _, dargs, _, dbox = tangents
         res = solve(static, x0, args, dynamic, box)
         tangent_of = functools.partial(implicit_tangent, objective_of(static))
-        if batched:
-            tangent_of = jax.vmap(tangent_of, in_axes=(0, 0, 0, None, None))
+        if args_axes_of is not None:
+            axes = args_axes_of(static)
+            tangent_of = jax.vmap(tangent_of, in_axes=(0, axes, axes, None, None))
         dx, df, dg = tangent_of(res.x, args, dargs, box, dbox)
         tangent = jax.tree.map(_zero_tangent, res)
         tangent = tangent._replace(x=dx, fun=df.astype(res.fun.dtype), jac=dg)
