@@ -359,20 +359,12 @@ def plot_single(rows, suffix) -> list[str]:
             if not p[3]:
                 axes[0].plot(p[0], p[1] * 1e3, "x", color="k", ms=10, mew=2)
     axes[0].set(
-        xscale="log",
-        yscale="log",
-        xlabel="n (Rosenbrock dimension)",
         ylabel="steady-state time per solve (ms)",
         title="solve time vs size (black x: not solved)",
     )
-    axes[1].set(
-        xscale="log",
-        yscale="log",
-        xlabel="n (Rosenbrock dimension)",
-        ylabel="compile time (s)",
-        title="compile time of the jitted solve vs size",
-    )
+    axes[1].set(ylabel="compile time (s)", title="compile time of the jitted solve vs size")
     for ax in axes:
+        ax.set(xscale="log", yscale="log", xlabel="n (Rosenbrock dimension)")
         ax.grid(alpha=0.3, which="both")
     fig.legend(loc="lower center", ncol=5, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))

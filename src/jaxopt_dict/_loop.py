@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxopt_dict._method import Box, Evaluation, Stepper
+from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace
 from jaxopt_dict._tree import inf_norms, project, projected_gradient
 
@@ -137,15 +137,26 @@ def start(
 
 
 def _step(stepper: Stepper, state, ev: Evaluation, box: Box | None, first: jax.Array):
-    """The method's step; on the first trip (``first``), its ``init`` instead."""
+    """The method's step; on the first trip (``first``), its ``init`` instead (one of the
+    two runs per trip; under vmap the cond is a select, as any per-problem branch)."""
     if stepper.step_starts:
         return stepper.step(state, ev, box, first)
-    state1, trial1, outcome = stepper.step(state, ev, box)
-    state0, trial0 = stepper.init(ev, box)
-    state0 = jax.tree.map(lambda new, old: jnp.asarray(new).astype(old.dtype), state0, state1)
-    trial0 = optax.tree.cast_like(trial0, trial1)
-    pick = lambda a, b: optax.tree.where(first, a, b)
-    return pick(state0, state1), pick(trial0, trial1), outcome
+
+    def as_arrays(outcome: StepOutcome) -> StepOutcome:
+        return StepOutcome(jnp.asarray(outcome.accepted, bool), jnp.asarray(outcome.failed, bool))
+
+    def start_here():
+        state0, trial0 = stepper.init(ev, box)
+        state0 = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), state0, state)
+        # The outcome of the first trip is not read (``advance`` masks it).
+        return state0, optax.tree.cast_like(trial0, ev.x), as_arrays(StepOutcome(False))
+
+    def step_here():
+        state1, trial1, outcome = stepper.step(state, ev, box)
+        state1 = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), state1, state)
+        return state1, optax.tree.cast_like(trial1, ev.x), as_arrays(outcome)
+
+    return jax.lax.cond(first, start_here, step_here)
 
 
 def advance(

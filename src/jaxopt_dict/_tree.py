@@ -68,25 +68,33 @@ def inf_norm(tree: PyTree) -> jax.Array:
     return _reduce(tree, jnp.abs, jnp.maximum, lambda leaf: jnp.max(jnp.abs(leaf)))
 
 
+def _same_kind(leaves: list[jax.Array]) -> list[list[int]]:
+    """Indices of ``leaves`` grouped by (dtype, shape): what one stacked kernel can take."""
+    groups: dict = {}
+    for i, leaf in enumerate(leaves):
+        groups.setdefault((leaf.dtype, leaf.shape), []).append(i)
+    return list(groups.values())
+
+
 def inf_norms(*trees: PyTree) -> tuple[jax.Array, ...]:
     """``inf_norm`` of each tree; large leaves of one shape and dtype go through one
     reduction together (on XLA:CPU each reduction over a large leaf is two kernels, so
     the driver's norms per trip cost two kernels instead of two per norm)."""
-    groups: dict = {}
-    small: list[list[jax.Array]] = [[] for _ in trees]
+    large, owner = [], []
+    parts: list[list[jax.Array]] = []
     for i, tree in enumerate(trees):
-        for leaf in jax.tree.leaves(tree):
-            leaf = jnp.asarray(leaf)
-            if leaf.size <= SMALL_LEAF:
-                small[i].append(leaf)
-            else:
-                groups.setdefault((leaf.shape, leaf.dtype), []).append((i, leaf))
-    parts: list[list[jax.Array]] = [[inf_norm(leaves)] if leaves else [] for leaves in small]
-    for members in groups.values():
-        stacked = jnp.abs(jnp.stack([leaf for _, leaf in members]))
+        leaves = [jnp.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+        small = [leaf for leaf in leaves if leaf.size <= SMALL_LEAF]
+        parts.append([inf_norm(small)] if small else [])
+        for leaf in leaves:
+            if leaf.size > SMALL_LEAF:
+                large.append(leaf)
+                owner.append(i)
+    for members in _same_kind(large):
+        stacked = jnp.abs(jnp.stack([large[j] for j in members]))
         maxima = jnp.max(stacked.reshape(len(members), -1), axis=1)
-        for k, (i, _) in enumerate(members):
-            parts[i].append(maxima[k])
+        for k, j in enumerate(members):
+            parts[owner[j]].append(maxima[k])
     return tuple(functools.reduce(jnp.maximum, p) for p in parts)
 
 
@@ -116,11 +124,9 @@ def materialize(tree: PyTree) -> PyTree:
     """
     leaves, treedef = jax.tree.flatten(tree)
     leaves = [jnp.asarray(leaf) for leaf in leaves]
-    groups: dict = {}
-    for i, leaf in enumerate(leaves):
-        groups.setdefault((leaf.dtype, leaf.shape), []).append(i)
     out = list(leaves)
-    for (dtype, _), members in groups.items():
+    for members in _same_kind(leaves):
+        dtype = leaves[members[0]].dtype
         stacked = jnp.stack([leaves[i] for i in members])
         if dtype == jnp.bool_:
             bits = stacked.astype(jnp.int8)
