@@ -1,36 +1,26 @@
 """Newton's method: the Hessian by ``jax.jacobian`` twice on the flattened parameters,
-solved by a Cholesky factorization, safeguarded by an eigendecomposition when the Hessian
-is not positive definite; a backtracking line search or a fixed damped step.
+solved by a Cholesky factorization, modified (Gill–Murray–Wright) where the Hessian is not
+safely positive definite; a backtracking line search or a fixed damped step.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import jax.scipy.linalg
 import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxopt_dict._linesearch import backtracking_stepper
 from jaxopt_dict._method import Evaluation, Method, StepOutcome, Stepper
+from jaxopt_dict._modified_cholesky import modified_cholesky_solve
 from jaxopt_dict._options import Option, line_search_options
 
 
 def newton_direction(hess: jax.Array, grad: jax.Array) -> jax.Array:
-    """Solve ``H d = -g`` by Cholesky; if H is not positive definite, use the modified
-    Hessian ``Q |Lambda| Q^T`` with eigenvalues floored (Nocedal & Wright sec. 3.4), which
-    keeps d a descent direction and stays well scaled near saddles."""
-    hess = 0.5 * (hess + hess.T)
-    chol = jnp.linalg.cholesky(hess)
-    d_chol = -jax.scipy.linalg.cho_solve((chol, True), grad)
-
-    def modified():
-        w, q = jnp.linalg.eigh(hess)
-        eps = jnp.finfo(hess.dtype).eps
-        floor = jnp.maximum(jnp.max(jnp.abs(w)) * jnp.sqrt(eps), jnp.finfo(hess.dtype).tiny)
-        return -q @ ((q.T @ grad) / jnp.maximum(jnp.abs(w), floor))
-
-    return jax.lax.cond(jnp.all(jnp.isfinite(d_chol)), lambda: d_chol, modified)
+    """Solve ``(H + E) d = -g`` by the Gill–Murray–Wright modified Cholesky factorization:
+    E = 0 where H is safely positive definite (the plain Newton step), else a diagonal E
+    that makes ``H + E`` positive definite with bounded factors, which keeps d a descent
+    direction near saddles and where H is indefinite (Nocedal & Wright sec. 3.4)."""
+    return -modified_cholesky_solve(hess, grad)
 
 
 def _direction(ev: Evaluation):

@@ -18,8 +18,8 @@ does), and the x-gradient ``J_physics(x)^T grad L(y)`` by one VJP. So the driver
 objective ``x -> L(physics(x))``: ``res.fun`` is ``L(physics(res.x))`` and ``gtol`` applies to
 the gradient of ``L(physics(x))`` in x (SPEC section 2). The y-space quantities reach the step
 in ``Evaluation.aux``; the step itself only solves ``H d = -g`` (``newton_direction``,
-Cholesky with an eigenvalue safeguard) and applies the inverse. Nothing sits in a
-``lax.cond`` branch except that safeguard's linear algebra.
+Newton's modified Cholesky) and applies the inverse. Nothing sits in a ``lax.cond``
+branch except, for more than 16 unknowns, that solve's fallback factorization.
 
 The numerical inverse is the one nested loop SPEC section 3 allows: the package's own driver
 (``_loop.run``) with the registered ``"L-BFGS"`` method, warm-started at the current x, inside
