@@ -12,6 +12,7 @@ minimizer) so that every method converges in at most a few hundred iterations.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import types
 from collections import OrderedDict
@@ -287,3 +288,17 @@ PROBLEMS = {p.name: p for p in (QUAD_MIXED, COUPLED, COSH)}
 def mixed_dtypes(path: str) -> Any:
     """Per-leaf dtypes for a mixed-precision x0: float32 under 'v'/'nested', else float64."""
     return jnp.float32 if ("'v'" in path or "'nested'" in path) else jnp.float64
+
+
+def primitive_counts(jaxpr) -> collections.Counter:
+    """How often each primitive occurs in ``jaxpr``, sub-jaxprs (loop bodies, branches,
+    nested jits) included."""
+    counts = collections.Counter()
+    for eqn in jaxpr.eqns:
+        counts[eqn.primitive.name] += 1
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    counts += primitive_counts(inner)
+    return counts

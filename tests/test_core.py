@@ -28,6 +28,7 @@ from problems import (
     QUAD_MIXED,
     Pair,
     mixed_dtypes,
+    primitive_counts,
     quad_mixed,
     quad_mixed_args,
 )
@@ -671,18 +672,6 @@ def test_trace_shapes_and_contents_under_jit(method_id):
 # ---------------------------------------------------------------------------------------
 
 
-def _primitive_names(jaxpr) -> set[str]:
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    names |= _primitive_names(inner)
-    return names
-
-
 def _jaxpr_primitives(method_id, **kwargs):
     method, options = METHODS[method_id]
     options = {**options, **kwargs.pop("options", {})}
@@ -691,7 +680,7 @@ def _jaxpr_primitives(method_id, **kwargs):
     def wrapper(x):
         return jd.minimize(quad_mixed, x, method=method, options=options, **kwargs)
 
-    return _primitive_names(jax.make_jaxpr(wrapper)(QUAD_MIXED.x0()).jaxpr)
+    return set(primitive_counts(jax.make_jaxpr(wrapper)(QUAD_MIXED.x0()).jaxpr))
 
 
 @pytest.mark.parametrize("method_id", list(METHODS))

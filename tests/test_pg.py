@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import primitive_counts
 
 import jaxopt_dict as jd
 
@@ -163,18 +164,6 @@ def test_pg_rejects_bad_physics():
         jd.minimize(loss, X0, method="PG", bounds=(0.0, 1.0), options={"physics": physics})
 
 
-def _count_while_loops(jaxpr) -> int:
-    count = 0
-    for eqn in jaxpr.eqns:
-        count += eqn.primitive.name == "while"
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    count += _count_while_loops(inner)
-    return count
-
-
 @needs_lbfgs
 def test_pg_numerical_inverse_is_one_inner_loop_in_the_program():
     """The inner L-BFGS solve appears once (in the step), not also in an init outside
@@ -183,9 +172,9 @@ def test_pg_numerical_inverse_is_one_inner_loop_in_the_program():
     def solve(x0):
         return jd.minimize(loss, x0, method="PG", options={**TEXTBOOK, "physics": physics})
 
-    with_inverse = _count_while_loops(jax.make_jaxpr(solve)(X0).jaxpr)
+    with_inverse = primitive_counts(jax.make_jaxpr(solve)(X0).jaxpr)["while"]
     # The outer loop and one inner loop; the analytic inverse has the outer one only.
     assert with_inverse == 2
     analytic = {**TEXTBOOK, "physics": physics, "physics_inv": physics_inv}
     no_inverse = jax.make_jaxpr(lambda x: jd.minimize(loss, x, method="PG", options=analytic))
-    assert _count_while_loops(no_inverse(X0).jaxpr) == 1
+    assert primitive_counts(no_inverse(X0).jaxpr)["while"] == 1

@@ -136,25 +136,31 @@ def start(
     )
 
 
-def _step(stepper: Stepper, state, ev: Evaluation, box: Box | None, first: jax.Array):
+def _step(stepper: Stepper, state, trial, ev: Evaluation, box: Box | None, first: jax.Array):
     """The method's step; on the first trip (``first``), its ``init`` instead (one of the
-    two runs per trip; under vmap the cond is a select, as any per-problem branch)."""
+    two runs per trip; under vmap the cond is a select, as any per-problem branch).
+
+    The new state and trial keep the carry's dtypes exactly (a strongly typed float64
+    hyperparameter must not promote a float32 state)."""
+
+    def like_carry(new_state, new_trial):
+        new_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_state, state)
+        return new_state, optax.tree.cast_like(new_trial, trial)
+
     if stepper.step_starts:
-        return stepper.step(state, ev, box, first)
+        new_state, new_trial, outcome = stepper.step(state, ev, box, first)
+        return *like_carry(new_state, new_trial), outcome
 
     def as_arrays(outcome: StepOutcome) -> StepOutcome:
         return StepOutcome(jnp.asarray(outcome.accepted, bool), jnp.asarray(outcome.failed, bool))
 
     def start_here():
-        state0, trial0 = stepper.init(ev, box)
-        state0 = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), state0, state)
         # The outcome of the first trip is not read (``advance`` masks it).
-        return state0, optax.tree.cast_like(trial0, ev.x), as_arrays(StepOutcome(False))
+        return *like_carry(*stepper.init(ev, box)), as_arrays(StepOutcome(False))
 
     def step_here():
-        state1, trial1, outcome = stepper.step(state, ev, box)
-        state1 = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), state1, state)
-        return state1, optax.tree.cast_like(trial1, ev.x), as_arrays(outcome)
+        new_state, new_trial, outcome = stepper.step(state, ev, box)
+        return *like_carry(new_state, new_trial), as_arrays(outcome)
 
     return jax.lax.cond(first, start_here, step_here)
 
@@ -185,11 +191,7 @@ def advance(
             ev.g, projected_gradient(ev.x, ev.g, box), optax.tree.sub(ev.x, c.x)
         )
     finite = jnp.isfinite(ev.f) & jnp.isfinite(g_norm)
-    state, trial, outcome = _step(stepper, c.state, ev, box, first)
-    # Keep the carry's dtypes exactly (a strongly typed float64 hyperparameter must not
-    # promote a float32 state).
-    state = jax.tree.map(lambda new, old: new.astype(old.dtype), state, c.state)
-    trial = optax.tree.cast_like(trial, c.trial)
+    state, trial, outcome = _step(stepper, c.state, c.trial, ev, box, first)
     accepted = jnp.asarray(outcome.accepted, bool) & finite & ~first
     failed = jnp.asarray(outcome.failed, bool) & ~first
     # The evaluated point becomes the iterate: x0 on the first trip, then accepted ones.

@@ -99,8 +99,9 @@ class Stepper(NamedTuple):
         return ``init(ev, box)``'s state and trial without reading ``state`` (its outcome
         is ignored). The driver only uses ``init`` for its types then, so the compiled
         program has one copy of the method instead of two, and a batch lane starts a new
-        problem without a separate pass over its state. Otherwise the driver computes
-        both ``init`` and ``step`` on each trip and picks one.
+        problem without a separate pass over its state. Otherwise the driver runs ``init``
+        on the first trip and ``step`` on the others, picked by a ``lax.cond`` (under
+        ``vmap`` a select: both run).
     """
 
     init: Callable[[Evaluation, Box | None], tuple[State, PyTree]]

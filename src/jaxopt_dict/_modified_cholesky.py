@@ -20,7 +20,8 @@ How it is computed, by size (all give the same numbers up to rounding):
   elementwise, so under ``vmap`` the solve fuses into the trip's few kernels over the
   batch. Larger n would not profit: XLA:CPU copies cheap producers into every consumer,
   and the entries' dependence chains grow with n (measured: at n = 3 the unrolled solve
-  already costs more than the loop below; at n = 4 it runs for minutes).
+  already costs more than the loop below, 348 against 207 us for 1,000 solves; at n = 4
+  one call took longer than 5 s).
 * ``n <= LOOPED_MAX_N``: one column per trip of a ``lax.scan``, pivots as one-hot masks (no
   gathers), the forward substitution fused into the factorization. This inner loop is
   linear algebra, not a search: n trips for every problem of a batch, no ``fun`` inside,
