@@ -14,8 +14,8 @@ script times, side by side in one run (alternating, medians over repeats):
 
 Their quotient is what the solver costs on top of its evaluations: the method's step, the
 driver, the queue's fetches and lanes left idle at the end. At 1.0 a solve would cost
-exactly its evaluations; the throughput a peer can be beaten by is then set by the ratio
-of evaluation counts (``nfev``), which ``run.py`` prints.
+exactly its evaluations, and its margin over a peer would be the ratio of evaluation
+counts (``nfev``, which ``run.py`` prints) and of the cost of one evaluation.
 """
 
 from __future__ import annotations
@@ -33,35 +33,25 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxopt_dict as jd
+from jaxopt_dict._problem import Objective
 from jaxopt_dict.methods import resolve_method
 
 
-def evaluation(fun, hessian: bool):
-    """One evaluation as the solver makes it: value and gradient, and for Newton the
-    Hessian as the Jacobian of the gradient."""
-    value_and_grad = jax.value_and_grad(fun)
-    if not hessian:
-        return value_and_grad
-
-    def with_hessian(x, *args):
-        f, g = value_and_grad(x, *args)
-        return f, g, jax.jacobian(jax.grad(fun))(x, *args)
-
-    return with_hessian
-
-
 def fun_alone(fun, hessian: bool, x0, args, trips: int):
-    """A compiled ``while_loop`` of ``trips`` vmapped evaluations on the rows of ``x0``
-    (each trip moves x a little along the gradient, so nothing is hoisted out of the loop,
-    and sums every output, so nothing is compiled away)."""
-    evaluate = jax.vmap(evaluation(fun, hessian))
+    """A compiled ``while_loop`` of ``trips`` vmapped evaluations on the rows of ``x0``,
+    each made exactly as the solver makes it (``Objective.evaluate``: value and gradient,
+    and for Newton the Hessian as ``jax.jacobian`` of the gradient). Each trip moves x a
+    little along the gradient, so nothing is hoisted out of the loop, and sums every
+    output, so nothing is compiled away."""
+    objective = Objective(fun)
+    evaluate = jax.vmap(lambda x, a: objective.evaluate(x, a, hessian))
 
-    def run(x0, *args):
+    def run(x0, *lane_args):
         def body(carry):
             i, x, total = carry
-            out = evaluate(x, *args)
-            # Every output is used (an unused Hessian would be compiled away).
-            return i + 1, x - 1e-6 * out[1], total + sum(jnp.sum(o) for o in out)
+            ev = evaluate(x, lane_args)
+            outputs = [ev.f, ev.g] + ([ev.hess] if hessian else [])
+            return i + 1, x - 1e-6 * ev.g, total + sum(jnp.sum(o) for o in outputs)
 
         zero = jnp.zeros((), x0.dtype)
         return jax.lax.while_loop(lambda c: c[0] < trips, body, (0, x0, zero))[2]
