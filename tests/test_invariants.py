@@ -415,3 +415,94 @@ def test_vmapped_batch_costs_its_hardest_member(method_id):
     )
     assert _EVALUATIONS[0] == max(nfevs) == int(jnp.max(batched.nfev))
     assert [int(n) for n in batched.nfev] == nfevs  # and each lane reports its own count
+
+
+# ---------------------------------------------------------------------------------------
+# Where fun sits in the compiled program: inside the one loop, never in a cond branch
+# ---------------------------------------------------------------------------------------
+
+
+def _asinh_bowl(x, shift):
+    """Convex, minimum at ``shift``; ``asinh`` appears nowhere in the solvers, so its
+    occurrences in a jaxpr are exactly the places where this objective is evaluated."""
+    z = jax.flatten_util.ravel_pytree(x)[0] - shift
+    return jnp.sum(z * jnp.arcsinh(z) - jnp.sqrt(1.0 + z * z))
+
+
+def _fun_sites(jaxpr, loops: int = 0, in_cond: bool = False) -> list[tuple[int, bool]]:
+    """Each ``asinh`` in ``jaxpr`` (sub-jaxprs included) as (enclosing loops, ``while``
+    or ``scan``; whether in a cond branch or a loop's predicate rather than a body)."""
+    sites = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "asinh":
+            sites.append((loops, in_cond))
+        is_while = eqn.primitive.name == "while"
+        is_loop = is_while or eqn.primitive.name == "scan"
+        for key, param in eqn.params.items():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if not hasattr(inner, "eqns"):
+                    continue
+                branch = eqn.primitive.name == "cond" or (is_while and key == "cond_jaxpr")
+                sites += _fun_sites(inner, loops + is_loop, in_cond or branch)
+    return sites
+
+
+def _cubic_physics(x):
+    return jax.tree.map(lambda v: v + 0.1 * v**3, x)
+
+
+STRUCTURE_CASES = [
+    pytest.param(name, options, bounds, size, id=f"{key}-n{size}")
+    for key, (name, options, bounds) in {
+        **{key: (name, options, None) for key, (name, options) in METHODS.items()},
+        "L-BFGS": ("L-BFGS", {}, None),
+        "L-BFGS-B-box": ("L-BFGS-B", {}, (-1.0, 2.0)),
+        "GD-box": ("GD", {}, (-1.0, 2.0)),
+        # The numerical inverse's inner solve is over physics only, never fun.
+        "PG": ("PG", {"learning_rate": 0.5, "physics": _cubic_physics}, None),
+    }.items()
+    # L-BFGS(-B): the two-loop stepper (n <= 16) and the compact form.
+    for size in ((3, 40) if name.startswith("L-BFGS") else (3,))
+]
+
+
+@pytest.mark.parametrize(("name", "options", "bounds", "size"), STRUCTURE_CASES)
+def test_fun_only_in_the_loop_body_and_never_in_a_cond(name, options, bounds, size):
+    """SPEC section 3: the whole solve is one flat while_loop evaluating fun, x0 included
+    (the first trip), and no fun call sits inside a ``lax.cond`` branch; the same holds
+    for ``minimize_batch``."""
+    x0 = {"a": jnp.zeros(size - 1), "b": jnp.zeros(())}
+    solve = lambda x, s: (
+        jd.minimize(_asinh_bowl, x, args=(s,), method=name, bounds=bounds, options=options).x
+    )
+    batch = lambda x, s: (
+        jd.minimize_batch(
+            _asinh_bowl, x, args=(s,), method=name, bounds=bounds, options=options, lanes=2
+        ).x
+    )
+    shifts = jnp.linspace(0.0, 1.0, 4)
+    for program in (
+        jax.make_jaxpr(solve)(x0, 0.5),
+        jax.make_jaxpr(batch)(_stack([x0] * 4), shifts),
+    ):
+        sites = _fun_sites(program.jaxpr)
+        assert sites, "the objective must appear in the program"
+        assert all(site == (1, False) for site in sites), sites
+
+
+def test_fun_sites_sees_conds_predicates_and_nested_loops():
+    """The walker above can fail: fun in a cond branch, in a loop's predicate, or in a
+    loop inside the loop."""
+    x = jnp.zeros(3)
+    fun = lambda v: _asinh_bowl(v, 0.0)
+    in_cond = lambda v: jax.lax.cond(v[0] < 1, lambda: fun(v), lambda: 0.0)
+    in_predicate = lambda v: jax.lax.while_loop(lambda c: c < fun(v), lambda c: c + 1.0, 0.0)
+    nested = lambda v: jax.lax.fori_loop(0, 2, lambda i, c: c + in_predicate(v), 0.0)
+    in_inner_body = lambda v: jax.lax.fori_loop(
+        0, 2, lambda i, c: jax.lax.fori_loop(0, 2, lambda j, d: d + fun(v), c), 0.0
+    )
+    assert _fun_sites(jax.make_jaxpr(in_cond)(x).jaxpr) == [(0, True)]
+    assert _fun_sites(jax.make_jaxpr(in_predicate)(x).jaxpr) == [(1, True)]
+    assert _fun_sites(jax.make_jaxpr(nested)(x).jaxpr) == [(2, True)]
+    assert _fun_sites(jax.make_jaxpr(in_inner_body)(x).jaxpr) == [(2, False)]
