@@ -637,6 +637,8 @@ def test_callback_once_per_iteration_under_jit():
         assert isinstance(r, jd.OptimizeResult)
         assert_same_structure_shapes_dtypes(jax.tree.map(jnp.asarray, r.x), x0)
         np.testing.assert_allclose(float(r.fun), float(quad_mixed(r.x)), rtol=1e-12)
+        # Not finished yet: status -1 (README), none of the final ones.
+        assert (int(r.status), bool(r.success), r.message) == (-1, False, "Iterating.")
     chex.assert_trees_all_close(jax.tree.map(jnp.asarray, seen[-1].x), res.x, rtol=0, atol=0)
     funs = [float(r.fun) for r in seen]
     assert all(b < a for a, b in itertools.pairwise(funs))  # Armijo: f decreases

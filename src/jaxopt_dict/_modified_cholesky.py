@@ -99,12 +99,12 @@ def _solve_unrolled(hess: jax.Array, rhs: jax.Array) -> jax.Array:
     return jnp.stack(x)
 
 
-def _solve_looped(hess: jax.Array, rhs: jax.Array) -> jax.Array:
+def _solve_looped(hess: jax.Array, rhs: jax.Array, bounds=None) -> jax.Array:
     """The factorization one column per ``lax.scan`` trip (right-looking, fused with the
     forward substitution), then the back substitution. Rows and columns stay in place; a
-    step's pivot is a one-hot mask."""
+    step's pivot is a one-hot mask. ``bounds``: ``_bounds(hess)`` if already computed."""
     n = rhs.shape[0]
-    beta2, delta = _bounds(hess)
+    beta2, delta = _bounds(hess) if bounds is None else bounds
     index = jnp.arange(n)
 
     def factor(carry, _):
@@ -141,6 +141,6 @@ def modified_cholesky_solve(hess: jax.Array, rhs: jax.Array) -> jax.Array:
         return _solve_looped(hess, rhs)
     chol = jnp.linalg.cholesky(hess)
     x = jax.scipy.linalg.cho_solve((chol, True), rhs)
-    _, delta = _bounds(hess)
-    plain = jnp.all(jnp.isfinite(x)) & (jnp.min(jnp.diagonal(chol)) ** 2 >= delta)
-    return jax.lax.cond(plain, lambda: x, lambda: _solve_looped(hess, rhs))
+    bounds = _bounds(hess)
+    plain = jnp.all(jnp.isfinite(x)) & (jnp.min(jnp.diagonal(chol)) ** 2 >= bounds[1])
+    return jax.lax.cond(plain, lambda: x, lambda: _solve_looped(hess, rhs, bounds))
