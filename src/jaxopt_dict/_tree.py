@@ -99,10 +99,11 @@ def inf_norms(*trees: PyTree) -> tuple[jax.Array, ...]:
 
 
 def dots(*pairs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
-    """``a @ b`` for each pair of flat vectors of one length; above ``SMALL_LEAF``
-    entries, one reduction for all of them (as in ``inf_norms``)."""
+    """``a @ b`` for each pair of flat vectors of one length: written out term by term up
+    to ``SMALL_LEAF`` entries (``vdot``), above that one reduction for all of them (as in
+    ``inf_norms``)."""
     if pairs[0][0].size <= SMALL_LEAF:
-        return tuple(jnp.dot(a, b) for a, b in pairs)
+        return tuple(vdot(a, b) for a, b in pairs)
     return tuple(jnp.sum(jnp.stack([a * b for a, b in pairs]), axis=1))
 
 

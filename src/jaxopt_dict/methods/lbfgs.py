@@ -14,9 +14,10 @@ the recursion's 2m dependent passes).
 
 The pairs sit oldest first and shift by one slot when a pair is stored, so every index
 is static (no gathers under vmap); an empty slot has ``rho = 0``, which takes it out of
-the recursion. The line search, the first step ``min(1/||d||, 1e10)``, the pair-skipping
-rule and the restarts after a failed search or a non-descent direction are scipy's, as
-in ``lbfgsb.py``: the two give scipy's evaluation counts (``tests/test_lbfgsb.py``).
+the recursion. The state and the start of each search are ``lbfgsb.py``'s
+(``_lbfgs_search.py``); the pair-skipping rule and the restarts after a failed search or
+a non-descent direction are scipy's, as there: the two give scipy's evaluation counts
+(``tests/test_lbfgsb.py``).
 """
 
 from __future__ import annotations
@@ -27,19 +28,17 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxopt_dict._linesearch import (
-    MoreThuente,
-    WolfeTask,
-    more_thuente_advance,
-    more_thuente_start,
-    more_thuente_step,
-)
+from jaxopt_dict._linesearch import WolfeTask, more_thuente_advance, more_thuente_step
 from jaxopt_dict._method import StepOutcome, Stepper
 from jaxopt_dict._tree import all_finite, materialize, vdot
+from jaxopt_dict.methods._lbfgs_search import (
+    WOLFE_GTOL,
+    SearchState,
+    start_search,
+    trial_point,
+)
 
 TWO_LOOP_MAX_N = 16  # variables; above, L-BFGS(-B) uses the compact form (lbfgsb._dispatch)
-BIG_STEP = 1e10  # scipy's stpmax when no bound limits the step
-WOLFE_GTOL = 0.9  # dcsrch's curvature constant in L-BFGS-B (its ftol is 1e-3, xtol 0.1)
 
 
 class PairMemory(NamedTuple):
@@ -114,48 +113,6 @@ def memory_reset(mem: PairMemory, when: jax.Array) -> PairMemory:
     )
 
 
-class LbfgsState(NamedTuple):
-    """Where the solve is (flat vectors).
-
-    Attributes:
-      memory: the pairs.
-      x, f, g: the current iterate, its value and gradient.
-      d: the search direction; ``z = x + d`` exactly as computed (the point tried at
-        step 1, as scipy does).
-      gd0: ``g^T d`` at x (negative).
-      search: the Moré–Thuente state along d.
-      trials: points evaluated in this search.
-      iter: iterations accepted so far (the first search starts differently).
-    """
-
-    memory: PairMemory
-    x: jax.Array
-    f: jax.Array
-    g: jax.Array
-    d: jax.Array
-    z: jax.Array
-    gd0: jax.Array
-    search: MoreThuente
-    trials: jax.Array
-    iter: jax.Array
-
-
-def _start_search(x, f, g, z, iteration):
-    """The search along ``d = z - x``: step ``min(1/||d||, stpmax)`` first, then 1."""
-    d = z - x
-    gd0 = vdot(g, d)
-    stpmax = jnp.asarray(BIG_STEP, x.dtype)
-    norm = jnp.sqrt(vdot(d, d))
-    inv_norm = 1.0 / jnp.where(norm > 0, norm, 1.0)
-    stp = jnp.where(iteration == 0, jnp.minimum(inv_norm, stpmax), 1.0)
-    return d, gd0, more_thuente_start(f, gd0, stp, stpmax)
-
-
-def _trial(state: LbfgsState) -> jax.Array:
-    stp = more_thuente_step(state.search)
-    return jnp.where(stp == 1.0, state.z, state.x + stp * state.d)
-
-
 def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
     """L-BFGS with scipy's L-BFGS-B choices, for problems without bounds."""
 
@@ -167,12 +124,12 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         f = jnp.asarray(ev.f, dtype)
         zero = jnp.zeros((), jnp.int32)
         z = x - g
-        d, gd0, search = _start_search(x, f, g, z, zero)
+        d, gd0, search = start_search(x, f, g, z, zero, None)
         mem = memory_empty(maxcor, x.shape[0], dtype)
-        state = LbfgsState(mem, x, f, g, d, z, gd0, search, zero, zero)
-        return state, unravel(_trial(state))
+        state = SearchState(mem, x, f, g, d, z, gd0, None, search, zero, zero)
+        return state, unravel(trial_point(state, None))
 
-    def step(state: LbfgsState, ev, box, first=False):
+    def step(state: SearchState, ev, box, first=False):
         del box
         xe, unravel = ravel_pytree(ev.x)
         dtype = state.x.dtype
@@ -213,10 +170,10 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         fresh = first | ~(all_finite(z) & (vdot(g, z - x) < 0))
         z = jnp.where(fresh, x - g, z)
         mem = memory_reset(mem, restart & fresh)
-        d, gd0, new_search = _start_search(x, f, g, z, iteration)
+        d, gd0, new_search = start_search(x, f, g, z, iteration, None)
         gd0, new_search = materialize((gd0, new_search))
         pick = lambda a, b: jnp.where(restart, a, b)
-        state = LbfgsState(
+        state = SearchState(
             memory=mem,
             x=x,
             f=f,
@@ -224,6 +181,7 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
             d=pick(d, state.d),
             z=pick(z, state.z),
             gd0=pick(gd0, state.gd0),
+            vg=None,
             search=jax.tree.map(pick, new_search, search),
             trials=jnp.where(restart, 0, trials),
             iter=iteration,
@@ -231,6 +189,6 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         # Give up when a search fails with an empty memory already (nothing to drop), or
         # when not even steepest descent goes downhill.
         failed = (search_failed & (old.count == 0)) | ~(state.gd0 < 0)
-        return state, unravel(_trial(state)), StepOutcome(done, failed)
+        return state, unravel(trial_point(state, None)), StepOutcome(done, failed)
 
     return Stepper(init, step, uses_ftol=True, step_starts=True)

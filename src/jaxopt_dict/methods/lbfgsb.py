@@ -20,8 +20,6 @@ Everything here is a pure function of the state and one evaluation: the driver c
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
@@ -39,85 +37,24 @@ from jaxopt_dict._compact import (
     reduced_inverse_times,
     w_times,
 )
-from jaxopt_dict._linesearch import (
-    MoreThuente,
-    WolfeTask,
-    more_thuente_advance,
-    more_thuente_start,
-    more_thuente_step,
-)
-from jaxopt_dict._method import Box, Method, StepOutcome, Stepper
+from jaxopt_dict._linesearch import WolfeTask, more_thuente_advance, more_thuente_step
+from jaxopt_dict._method import Method, StepOutcome, Stepper
 from jaxopt_dict._options import Option, line_search_options
 from jaxopt_dict._tree import dots, materialize
-from jaxopt_dict.methods.lbfgs import BIG_STEP, TWO_LOOP_MAX_N, WOLFE_GTOL, lbfgs_stepper
+from jaxopt_dict.methods._lbfgs_search import (
+    WOLFE_GTOL,
+    Bounds,
+    SearchState,
+    clip,
+    flat_bounds,
+    ratio_to_bounds,
+    start_search,
+    trial_point,
+)
+from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N, lbfgs_stepper
 
 
-class _Bounds(NamedTuple):
-    """The box, flat; ``constrained``/``boxed`` are scipy's ``cnstnd``/``boxed``."""
-
-    lower: jax.Array
-    upper: jax.Array
-    constrained: jax.Array  # some variable has a finite bound
-    boxed: jax.Array  # every variable has both bounds finite
-
-
-class LbfgsbState(NamedTuple):
-    """Where the solve is: the memory, the iterate the search started from, the search.
-
-    Attributes:
-      memory: the limited-memory matrix.
-      x, f, g: the current iterate (flat), its value and gradient.
-      d: the search direction; ``z`` the point ``x + d`` exactly as computed (it lies on
-        the bounds the Cauchy point and the subspace step reached).
-      gd0: ``g^T d`` at x (negative).
-      vg: without bounds, ``pair_products(memory, g)``: it gives the next pair's products
-        with the memory for free (``Y^T y = V g_new - V g``), saving passes over it.
-      search: the Moré–Thuente state along d.
-      trials: points evaluated in this search.
-      iter: iterations accepted so far (the first search starts differently).
-    """
-
-    memory: Memory
-    x: jax.Array
-    f: jax.Array
-    g: jax.Array
-    d: jax.Array
-    z: jax.Array
-    gd0: jax.Array
-    vg: jax.Array
-    search: MoreThuente
-    trials: jax.Array
-    iter: jax.Array
-
-
-def _flat_bounds(box: Box | None, dtype) -> _Bounds | None:
-    if box is None:
-        return None
-    lower = ravel_pytree(box.lower)[0].astype(dtype)
-    upper = ravel_pytree(box.upper)[0].astype(dtype)
-    has_l, has_u = lower > -jnp.inf, upper < jnp.inf
-    return _Bounds(lower, upper, jnp.any(has_l | has_u), jnp.all(has_l & has_u))
-
-
-def _clip(v: jax.Array, bounds: _Bounds | None) -> jax.Array:
-    return v if bounds is None else jnp.clip(v, bounds.lower, bounds.upper)
-
-
-def _ratio_to_bounds(x, d, bounds: _Bounds, mask=True):
-    """Per coordinate, the step along d to its bound (0 if already past, inf if none)."""
-    room_l = bounds.lower - x
-    room_u = bounds.upper - x
-    down = mask & (d < 0) & (bounds.lower > -jnp.inf)
-    up = mask & (d > 0) & (bounds.upper < jnp.inf)
-    safe_d = jnp.where(d == 0, 1.0, d)
-    return jnp.where(
-        down,
-        jnp.where(room_l >= 0, 0.0, room_l / safe_d),
-        jnp.where(up, jnp.where(room_u <= 0, 0.0, room_u / safe_d), jnp.inf),
-    )
-
-
-def _subspace_point(x, g, gcp, mem: Memory, mid, bounds: _Bounds):
+def _subspace_point(x, g, gcp, mem: Memory, mid, bounds: Bounds):
     """Minimize the model over the variables free at the Cauchy point; project onto the
     box and, if the projected point is not downhill from x, take the longest feasible
     fraction of the Newton step instead (Morales & Nocedal 2011, sec. 2)."""
@@ -129,7 +66,7 @@ def _subspace_point(x, g, gcp, mem: Memory, mid, bounds: _Bounds):
     projected = jnp.where(free, jnp.clip(xcp + du, lower, upper), xcp)
     on_bound = free & ((projected == lower) | (projected == upper))
     uphill = jnp.any(on_bound) & (jnp.dot(projected - x, g) > 0)
-    ratio = _ratio_to_bounds(xcp, du, bounds, free)
+    ratio = ratio_to_bounds(xcp, du, bounds, free)
     blocking = jnp.argmin(ratio)
     alpha = jnp.minimum(ratio[blocking], 1.0)
     pulled = xcp + alpha * du
@@ -138,7 +75,7 @@ def _subspace_point(x, g, gcp, mem: Memory, mid, bounds: _Bounds):
     return jnp.clip(jnp.where(uphill, pulled, projected), lower, upper)
 
 
-def _search_point(x, g, mem: Memory, bounds: _Bounds | None, vg: jax.Array):
+def _search_point(x, g, mem: Memory, bounds: Bounds | None, vg: jax.Array):
     """``z``: the Cauchy point refined by subspace minimization (scipy's iteration body
     up to the line search). Not finite if a factorization broke down."""
     if bounds is None:
@@ -158,56 +95,29 @@ def _search_point(x, g, mem: Memory, bounds: _Bounds | None, vg: jax.Array):
     return jnp.where(with_memory, z, gcp.xcp)
 
 
-def _max_step(x, d, bounds: _Bounds | None):
-    """The largest step along d that stays in the box, at most ``BIG_STEP`` (lnsrlb)."""
-    if bounds is None:
-        return jnp.asarray(BIG_STEP, x.dtype)
-    return jnp.minimum(jnp.min(_ratio_to_bounds(x, d, bounds)), BIG_STEP)
-
-
-def _start_search(x, f, g, z, iteration, bounds: _Bounds | None):
-    """The search along ``d = z - x`` with scipy's first step and step bound."""
-    d = z - x
-    gd0, d_squared = dots((g, d), (d, d))
-    first = iteration == 0
-    constrained = False if bounds is None else bounds.constrained
-    stpmax = jnp.where(first & constrained, 1.0, _max_step(x, d, bounds)).astype(x.dtype)
-    boxed = False if bounds is None else bounds.boxed
-    norm = jnp.sqrt(d_squared)
-    inv_norm = 1.0 / jnp.where(norm > 0, norm, 1.0)
-    stp = jnp.where(first & ~boxed, jnp.minimum(inv_norm, stpmax), 1.0)
-    return d, gd0, more_thuente_start(f, gd0, stp, stpmax)
-
-
-def _trial(state: LbfgsbState, bounds: _Bounds | None) -> jax.Array:
-    """``x + stp d``; exactly z at stp = 1, clipped against rounding otherwise."""
-    stp = more_thuente_step(state.search)
-    return jnp.where(stp == 1.0, state.z, _clip(state.x + stp * state.d, bounds))
-
-
 def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
     def init(ev, box):
         x, unravel = ravel_pytree(ev.x)
         dtype = x.dtype
         g = ravel_pytree(ev.g)[0].astype(dtype)
         f = jnp.asarray(ev.f, dtype)
-        bounds = _flat_bounds(box, dtype) if bounded else None
+        bounds = flat_bounds(box, dtype) if bounded else None
         # With no pairs, B = I and the Cauchy point is P(x - g); there is no subspace step.
-        z = _clip(x - g, bounds)
+        z = clip(x - g, bounds)
         zero = jnp.zeros((), jnp.int32)
-        d, gd0, search = _start_search(x, f, g, z, zero, bounds)
+        d, gd0, search = start_search(x, f, g, z, zero, bounds)
         mem = memory_empty(maxcor, x.shape[0], dtype)
         vg = jnp.zeros((2 * maxcor + 2,), dtype)
-        state = LbfgsbState(mem, x, f, g, d, z, gd0, vg, search, zero, zero)
-        return state, unravel(_trial(state, bounds))
+        state = SearchState(mem, x, f, g, d, z, gd0, vg, search, zero, zero)
+        return state, unravel(trial_point(state, bounds))
 
-    def step(state: LbfgsbState, ev, box, first=False):
+    def step(state: SearchState, ev, box, first=False):
         xe, unravel = ravel_pytree(ev.x)
         dtype = state.x.dtype
         xe = xe.astype(dtype)
         ge = ravel_pytree(ev.g)[0].astype(dtype)
         fe = jnp.asarray(ev.f, dtype)
-        bounds = _flat_bounds(box, dtype) if bounded else None
+        bounds = flat_bounds(box, dtype) if bounded else None
         y = ge - state.g
         # The trip's sums over n, in one reduction.
         gd, yy, dd, y_ge = dots((ge, state.d), (y, y), (state.d, state.d), (y, ge))
@@ -280,15 +190,15 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # finite entries near the float maximum can overflow and also restart: harmless.)
         slope, total = dots((g, z - x), (jnp.ones_like(z), z - x))
         fresh = first | ~(jnp.isfinite(total) & (slope < 0))
-        z = jnp.where(fresh, _clip(x - g, bounds), z)
+        z = jnp.where(fresh, clip(x - g, bounds), z)
         # One reset of the stored memory for both reasons (a pair is only stored on a
         # restart, so without one ``stored`` is the old memory: no select over it).
         reset = materialize(restart & (search_failed | fresh))
         mem = memory_reset(stored, reset)
-        d, gd0, new_search = _start_search(x, f, g, z, iteration, bounds)
+        d, gd0, new_search = start_search(x, f, g, z, iteration, bounds)
         pick = lambda a, b: jnp.where(restart, a, b)
         count_before = state.memory.count
-        state = LbfgsbState(
+        state = SearchState(
             # The buffer is written in place (unchanged unless a pair was stored).
             memory=mem,
             x=x,
@@ -305,7 +215,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # Give up when a search fails with an empty memory already (nothing to drop), or
         # when not even steepest descent goes downhill.
         failed = (search_failed & (count_before == 0)) | ~(state.gd0 < 0)
-        return state, unravel(_trial(state, bounds)), StepOutcome(done, failed)
+        return state, unravel(trial_point(state, bounds)), StepOutcome(done, failed)
 
     return Stepper(init, step, uses_ftol=True, step_starts=True)
 

@@ -1,0 +1,114 @@
+"""What L-BFGS (``lbfgs.py``, two-loop) and L-BFGS-B (``lbfgsb.py``, compact form) share:
+the state around a search along ``d = z - x``, started and stepped as scipy's ``lnsrlb``
+does, and the flat box it respects.
+
+scipy's choices here set its evaluation counts: the first search of a run starts at
+``min(1/||d||, stpmax)`` (1 if every variable is boxed), later ones at 1; ``stpmax`` is the
+largest step that stays in the box (1 on the first search of a constrained problem), at
+most ``BIG_STEP``; the trial at step 1 is ``z`` exactly as computed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from jaxopt_dict._linesearch import MoreThuente, more_thuente_start, more_thuente_step
+from jaxopt_dict._method import Box
+from jaxopt_dict._tree import dots
+
+BIG_STEP = 1e10  # scipy's stpmax when no bound limits the step
+WOLFE_GTOL = 0.9  # dcsrch's curvature constant in L-BFGS-B (its ftol is 1e-3, xtol 0.1)
+
+
+class Bounds(NamedTuple):
+    """The box, flat; ``constrained``/``boxed`` are scipy's ``cnstnd``/``boxed``."""
+
+    lower: jax.Array
+    upper: jax.Array
+    constrained: jax.Array  # some variable has a finite bound
+    boxed: jax.Array  # every variable has both bounds finite
+
+
+def flat_bounds(box: Box | None, dtype) -> Bounds | None:
+    if box is None:
+        return None
+    lower = ravel_pytree(box.lower)[0].astype(dtype)
+    upper = ravel_pytree(box.upper)[0].astype(dtype)
+    has_l, has_u = lower > -jnp.inf, upper < jnp.inf
+    return Bounds(lower, upper, jnp.any(has_l | has_u), jnp.all(has_l & has_u))
+
+
+def clip(v: jax.Array, bounds: Bounds | None) -> jax.Array:
+    return v if bounds is None else jnp.clip(v, bounds.lower, bounds.upper)
+
+
+def ratio_to_bounds(x, d, bounds: Bounds, mask=True):
+    """Per coordinate, the step along d to its bound (0 if already past, inf if none)."""
+    room_l = bounds.lower - x
+    room_u = bounds.upper - x
+    down = mask & (d < 0) & (bounds.lower > -jnp.inf)
+    up = mask & (d > 0) & (bounds.upper < jnp.inf)
+    safe_d = jnp.where(d == 0, 1.0, d)
+    return jnp.where(
+        down,
+        jnp.where(room_l >= 0, 0.0, room_l / safe_d),
+        jnp.where(up, jnp.where(room_u <= 0, 0.0, room_u / safe_d), jnp.inf),
+    )
+
+
+class SearchState(NamedTuple):
+    """Where an L-BFGS(-B) solve is: the memory, the iterate the search started from, and
+    the search (flat vectors).
+
+    Attributes:
+      memory: the limited-memory matrix (the method's own type).
+      x, f, g: the current iterate, its value and gradient.
+      d: the search direction; ``z`` the point ``x + d`` exactly as computed (with bounds
+        it lies on those the Cauchy point and the subspace step reached).
+      gd0: ``g^T d`` at x (negative).
+      vg: the compact form without bounds: ``pair_products(memory, g)``, which gives the
+        next pair's products with the memory for free; None for the others.
+      search: the Moré–Thuente state along d.
+      trials: points evaluated in this search.
+      iter: iterations accepted so far (the first search starts differently).
+    """
+
+    memory: Any
+    x: jax.Array
+    f: jax.Array
+    g: jax.Array
+    d: jax.Array
+    z: jax.Array
+    gd0: jax.Array
+    vg: jax.Array | None
+    search: MoreThuente
+    trials: jax.Array
+    iter: jax.Array
+
+
+def start_search(x, f, g, z, iteration, bounds: Bounds | None):
+    """The search along ``d = z - x`` with scipy's first step and step bound."""
+    d = z - x
+    gd0, d_squared = dots((g, d), (d, d))
+    first = iteration == 0
+    if bounds is None:
+        stpmax = jnp.asarray(BIG_STEP, x.dtype)
+        starts_short = first
+    else:
+        reach = jnp.minimum(jnp.min(ratio_to_bounds(x, d, bounds)), BIG_STEP)
+        stpmax = jnp.where(first & bounds.constrained, 1.0, reach).astype(x.dtype)
+        starts_short = first & ~bounds.boxed
+    norm = jnp.sqrt(d_squared)
+    inv_norm = 1.0 / jnp.where(norm > 0, norm, 1.0)
+    stp = jnp.where(starts_short, jnp.minimum(inv_norm, stpmax), 1.0)
+    return d, gd0, more_thuente_start(f, gd0, stp, stpmax)
+
+
+def trial_point(state: SearchState, bounds: Bounds | None) -> jax.Array:
+    """``x + stp d``; exactly z at stp = 1, clipped against rounding otherwise."""
+    stp = more_thuente_step(state.search)
+    return jnp.where(stp == 1.0, state.z, clip(state.x + stp * state.d, bounds))
