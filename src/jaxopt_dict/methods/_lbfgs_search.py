@@ -70,8 +70,9 @@ class SearchState(NamedTuple):
       d: the search direction; ``z`` the point ``x + d`` exactly as computed (with bounds
         it lies on those the Cauchy point and the subspace step reached).
       gd0: ``g^T d`` at x (negative).
-      vg: the compact form without bounds: ``pair_products(memory, g)``, which gives the
-        next pair's products with the memory for free; None for the others.
+      vg: in the compact form without bounds, ``pair_products(memory, g)``: it gives the
+        next pair's products with the memory for free (``Y^T y = V g_new - V g``). Unused
+        zeros in the compact form with bounds; None in the two-loop form.
       search: the Moré–Thuente state along d.
       trials: points evaluated in this search.
       iter: iterations accepted so far (the first search starts differently).
