@@ -425,17 +425,18 @@ def test_vmapped_batch_costs_its_hardest_member(method_id):
 def _asinh_bowl(x, shift):
     """Convex, minimum at ``shift``; ``asinh`` appears nowhere in the solvers, so its
     occurrences in a jaxpr are exactly the places where this objective is evaluated."""
-    z = jax.flatten_util.ravel_pytree(x)[0] - shift
+    z = ravel_pytree(x)[0] - shift
     return jnp.sum(z * jnp.arcsinh(z) - jnp.sqrt(1.0 + z * z))
 
 
-def _fun_sites(jaxpr, loops: int = 0, in_cond: bool = False) -> list[tuple[int, bool]]:
+def _fun_sites(jaxpr, loops: int = 0, in_cond: bool = False, outer=None) -> list[tuple]:
     """Each ``asinh`` in ``jaxpr`` (sub-jaxprs included) as (enclosing loops, ``while``
-    or ``scan``; whether in a cond branch or a loop's predicate rather than a body)."""
+    or ``scan``; whether in a cond branch or a loop's predicate rather than a body; which
+    outermost loop, by ``id`` of its equation)."""
     sites = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "asinh":
-            sites.append((loops, in_cond))
+            sites.append((loops, in_cond, outer))
         is_while = eqn.primitive.name == "while"
         is_loop = is_while or eqn.primitive.name == "scan"
         for key, param in eqn.params.items():
@@ -444,8 +445,13 @@ def _fun_sites(jaxpr, loops: int = 0, in_cond: bool = False) -> list[tuple[int, 
                 if not hasattr(inner, "eqns"):
                     continue
                 branch = eqn.primitive.name == "cond" or (is_while and key == "cond_jaxpr")
-                sites += _fun_sites(inner, loops + is_loop, in_cond or branch)
+                top = id(eqn) if is_loop and outer is None else outer
+                sites += _fun_sites(inner, loops + is_loop, in_cond or branch, top)
     return sites
+
+
+def _depths(sites) -> list[tuple[int, bool]]:
+    return [(loops, in_cond) for loops, in_cond, _ in sites]
 
 
 def _cubic_physics(x):
@@ -488,21 +494,25 @@ def test_fun_only_in_the_loop_body_and_never_in_a_cond(name, options, bounds, si
     ):
         sites = _fun_sites(program.jaxpr)
         assert sites, "the objective must appear in the program"
-        assert all(site == (1, False) for site in sites), sites
+        assert set(_depths(sites)) == {(1, False)}, sites
+        assert len({outer for *_, outer in sites}) == 1, "fun in more than one loop"
 
 
-def test_fun_sites_sees_conds_predicates_and_nested_loops():
-    """The walker above can fail: fun in a cond branch, in a loop's predicate, or in a
-    loop inside the loop."""
+def test_fun_sites_sees_conds_predicates_and_nested_or_second_loops():
+    """The walker above can fail: fun in a cond branch, in a loop's predicate, in a loop
+    inside the loop, or in two loops one after the other."""
     x = jnp.zeros(3)
     fun = lambda v: _asinh_bowl(v, 0.0)
     in_cond = lambda v: jax.lax.cond(v[0] < 1, lambda: fun(v), lambda: 0.0)
     in_predicate = lambda v: jax.lax.while_loop(lambda c: c < fun(v), lambda c: c + 1.0, 0.0)
     nested = lambda v: jax.lax.fori_loop(0, 2, lambda i, c: c + in_predicate(v), 0.0)
-    in_inner_body = lambda v: jax.lax.fori_loop(
-        0, 2, lambda i, c: jax.lax.fori_loop(0, 2, lambda j, d: d + fun(v), c), 0.0
-    )
-    assert _fun_sites(jax.make_jaxpr(in_cond)(x).jaxpr) == [(0, True)]
-    assert _fun_sites(jax.make_jaxpr(in_predicate)(x).jaxpr) == [(1, True)]
-    assert _fun_sites(jax.make_jaxpr(nested)(x).jaxpr) == [(2, True)]
-    assert _fun_sites(jax.make_jaxpr(in_inner_body)(x).jaxpr) == [(2, False)]
+    in_body = lambda v, c: jax.lax.fori_loop(0, 2, lambda j, d: d + fun(v), c)
+    in_inner_body = lambda v: jax.lax.fori_loop(0, 2, lambda i, c: in_body(v, c), 0.0)
+    in_two_loops = lambda v: in_body(v, in_body(v, 0.0))
+    assert _depths(_fun_sites(jax.make_jaxpr(in_cond)(x).jaxpr)) == [(0, True)]
+    assert _depths(_fun_sites(jax.make_jaxpr(in_predicate)(x).jaxpr)) == [(1, True)]
+    assert _depths(_fun_sites(jax.make_jaxpr(nested)(x).jaxpr)) == [(2, True)]
+    assert _depths(_fun_sites(jax.make_jaxpr(in_inner_body)(x).jaxpr)) == [(2, False)]
+    two = _fun_sites(jax.make_jaxpr(in_two_loops)(x).jaxpr)
+    assert _depths(two) == [(1, False), (1, False)]
+    assert len({outer for *_, outer in two}) == 2
