@@ -290,15 +290,19 @@ def mixed_dtypes(path: str) -> Any:
     return jnp.float32 if ("'v'" in path or "'nested'" in path) else jnp.float64
 
 
-def primitive_counts(jaxpr) -> collections.Counter:
-    """How often each primitive occurs in ``jaxpr``, sub-jaxprs (loop bodies, branches,
-    nested jits) included."""
-    counts = collections.Counter()
+def jaxpr_equations(jaxpr, enclosing: tuple = ()):
+    """Every equation of ``jaxpr`` and of its sub-jaxprs (loop bodies and predicates, cond
+    branches, nested jits), each with the ``(equation, param name)`` pairs that enclose
+    it, outermost first."""
     for eqn in jaxpr.eqns:
-        counts[eqn.primitive.name] += 1
-        for param in eqn.params.values():
+        yield eqn, enclosing
+        for key, param in eqn.params.items():
             for sub in param if isinstance(param, (tuple, list)) else (param,):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    counts += primitive_counts(inner)
-    return counts
+                    yield from jaxpr_equations(inner, (*enclosing, (eqn, key)))
+
+
+def primitive_counts(jaxpr) -> collections.Counter:
+    """How often each primitive occurs in ``jaxpr``, sub-jaxprs included."""
+    return collections.Counter(eqn.primitive.name for eqn, _ in jaxpr_equations(jaxpr))

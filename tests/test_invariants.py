@@ -14,6 +14,7 @@ from problems import (
     METHODS,
     QUAD_MIXED,
     cast_tree,
+    jaxpr_equations,
     quad_mixed,
     quad_mixed_args,
 )
@@ -429,24 +430,20 @@ def _asinh_bowl(x, shift):
     return jnp.sum(z * jnp.arcsinh(z) - jnp.sqrt(1.0 + z * z))
 
 
-def _fun_sites(jaxpr, loops: int = 0, in_cond: bool = False, outer=None) -> list[tuple]:
+def _fun_sites(jaxpr) -> list[tuple]:
     """Each ``asinh`` in ``jaxpr`` (sub-jaxprs included) as (enclosing loops, ``while``
     or ``scan``; whether in a cond branch or a loop's predicate rather than a body; which
     outermost loop, by ``id`` of its equation)."""
     sites = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "asinh":
-            sites.append((loops, in_cond, outer))
-        is_while = eqn.primitive.name == "while"
-        is_loop = is_while or eqn.primitive.name == "scan"
-        for key, param in eqn.params.items():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if not hasattr(inner, "eqns"):
-                    continue
-                branch = eqn.primitive.name == "cond" or (is_while and key == "cond_jaxpr")
-                top = id(eqn) if is_loop and outer is None else outer
-                sites += _fun_sites(inner, loops + is_loop, in_cond or branch, top)
+    for eqn, enclosing in jaxpr_equations(jaxpr):
+        if eqn.primitive.name != "asinh":
+            continue
+        loops = [e for e, _ in enclosing if e.primitive.name in ("while", "scan")]
+        in_cond = any(
+            e.primitive.name == "cond" or (e.primitive.name == "while" and key == "cond_jaxpr")
+            for e, key in enclosing
+        )
+        sites.append((len(loops), in_cond, id(loops[0]) if loops else None))
     return sites
 
 

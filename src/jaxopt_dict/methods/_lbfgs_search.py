@@ -71,8 +71,8 @@ class SearchState(NamedTuple):
         it lies on those the Cauchy point and the subspace step reached).
       gd0: ``g^T d`` at x (negative).
       vg: in the compact form without bounds, ``pair_products(memory, g)``: it gives the
-        next pair's products with the memory for free (``Y^T y = V g_new - V g``). Unused
-        zeros in the compact form with bounds; None in the two-loop form.
+        next pair's products with the memory for free (``Y^T y = V g_new - V g``). None
+        otherwise.
       search: the Moré–Thuente state along d.
       trials: points evaluated in this search.
       iter: iterations accepted so far (the first search starts differently).

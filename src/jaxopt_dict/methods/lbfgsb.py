@@ -75,7 +75,7 @@ def _subspace_point(x, g, gcp, mem: Memory, mid, bounds: Bounds):
     return jnp.clip(jnp.where(uphill, pulled, projected), lower, upper)
 
 
-def _search_point(x, g, mem: Memory, bounds: Bounds | None, vg: jax.Array):
+def _search_point(x, g, mem: Memory, bounds: Bounds | None, vg: jax.Array | None):
     """``z``: the Cauchy point refined by subspace minimization (scipy's iteration body
     up to the line search). Not finite if a factorization broke down."""
     if bounds is None:
@@ -107,7 +107,8 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         zero = jnp.zeros((), jnp.int32)
         d, gd0, search = start_search(x, f, g, z, zero, bounds)
         mem = memory_empty(maxcor, x.shape[0], dtype)
-        vg = jnp.zeros((2 * maxcor + 2,), dtype)
+        # ``pair_products(memory, g)`` is only kept without bounds (``SearchState.vg``).
+        vg = jnp.zeros((2 * maxcor + 2,), dtype) if bounds is None else None
         state = SearchState(mem, x, f, g, d, z, gd0, vg, search, zero, zero)
         return state, unravel(trial_point(state, bounds))
 
@@ -164,7 +165,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         )
         if bounds is not None:
             mem = memory_push(state.memory, s_new, y, sy, yy, ss, push)
-            vg = state.vg
+            vg = None
         else:
             # One pass over the pairs gives both V^T y (for the update) and V^T g (for the
             # next direction); s's products are not needed without bounds.
