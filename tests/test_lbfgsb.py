@@ -430,6 +430,111 @@ def test_cauchy_point_matches_sequential_walk(seed):
     assert np.all((xcp[on_bounds] == lower[on_bounds]) | (xcp[on_bounds] == upper[on_bounds]))
 
 
+def _cauchy_case(kind: str, n: int, rng):
+    """A point, gradient, box and memory for the Cauchy point tests. ``kind``: "pairs",
+    mixed bounds and a few pairs; "steep", no pairs and boxes that the path crosses early,
+    so the GCP passes every breakpoint; "ties", ``B = I`` (the GCP is at t = 1) with 5
+    breakpoints equal at 0.5 and 51 around 1 that differ by 1e-9 (one float32 value), in
+    shuffled order: about half of them lie below 1."""
+    from jaxopt_dict._compact import memory_empty, memory_push
+
+    lower = np.where(rng.random(n) < 0.8, -rng.random(n), -np.inf)
+    upper = np.where(rng.random(n) < 0.8, rng.random(n), np.inf)
+    x = np.clip(rng.normal(size=n) * 0.5, lower, upper)
+    g = rng.normal(size=n)
+    pairs = 3
+    if kind == "steep":
+        lower, upper = x - 1e-3 * rng.random(n), x + 1e-3 * rng.random(n)
+        pairs = 0
+    elif kind == "ties":
+        t = np.full(n, np.inf)
+        t[:5] = 0.5
+        t[5:56] = 1.0 + (rng.permutation(51) - 25.5) * 1e-9
+        g, lower, upper, pairs = np.ones(n), x - t, np.full(n, np.inf), 0
+    mem = memory_empty(5, n, jnp.float64)
+    push = jax.jit(memory_push)
+    for _ in range(pairs):
+        s = rng.normal(size=n)
+        y = s * rng.uniform(0.5, 2.0, size=n) + 0.1 * rng.normal(size=n)
+        mem = push(mem, s, y, s @ y, y @ y, s @ s)
+    return x, g, lower, upper, mem
+
+
+@pytest.mark.parametrize("kind", ["pairs", "steep", "ties"])
+@pytest.mark.parametrize("window", [2, 8, 32])
+def test_cauchy_point_window_matches_sequential_walk(kind, window):
+    """For large n only the smallest breakpoints are sorted (a float32 top_k, then
+    float64) and the full sort is the fallback; either way the result is the walk's."""
+    from jaxopt_dict._cauchy import cauchy_point
+    from jaxopt_dict._compact import middle_matrix, w_rows
+
+    n = 150
+    x, g, lower, upper, mem = _cauchy_case(kind, n, np.random.default_rng(window))
+    mid = jax.jit(middle_matrix)(mem)
+    w = np.asarray(jax.jit(w_rows)(mem, jnp.arange(n)))
+    got = jax.jit(cauchy_point, static_argnames="window")(
+        x, g, lower, upper, mem, mid, window=window
+    )
+    xcp, free, c = sequential_cauchy(x, g, lower, upper, w, np.asarray(mid), float(mem.theta))
+    np.testing.assert_allclose(np.asarray(got.xcp), xcp, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(got.free), free)
+    np.testing.assert_allclose(np.asarray(got.c), c, rtol=1e-9, atol=1e-11)
+    if kind == "steep":
+        assert np.sum(~free) > 2 * window  # the GCP lay beyond the window: the fallback ran
+    if kind == "ties":
+        assert 5 < np.sum(~free) < 56  # the walk stopped among the float32 ties
+
+
+def _large_bounded(name: str):
+    """Bounded problems large enough (n > 2 * WINDOW) that the Cauchy point examines a
+    window of breakpoints first: (fun, x0, lower, upper)."""
+    rng = np.random.default_rng(7)
+    if name == "nnls_120":
+        a = rng.normal(size=(200, 120))
+        b = a @ np.maximum(rng.normal(size=120), 0.0) + 0.5 * rng.normal(size=200)
+        return (lambda x: 0.5 * jnp.sum((a @ x - b) ** 2)), np.ones(120), 0.0, np.inf
+    if name == "quadratic_150":
+        q = rng.normal(size=(150, 150))
+        q = q.T @ q / 150 + 0.1 * np.eye(150)
+        c = rng.normal(size=150)
+        return (lambda x: 0.5 * x @ (q @ x) - c @ x), np.full(150, 0.5), 0.0, 1.0
+    n = 200  # "rosenbrock_200": the chained Rosenbrock in a box that holds back half of x
+    fun = lambda x: jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+    return fun, np.tile([-1.2, 1.0], n // 2), -0.5, 0.5
+
+
+@pytest.mark.parametrize("name", ["nnls_120", "quadratic_150", "rosenbrock_200"])
+def test_large_bounded_problems_have_scipys_counts(name):
+    fun, x0, lower, upper = _large_bounded(name)
+    value_and_grad = jax.jit(jax.value_and_grad(fun))
+    ref = so.minimize(
+        lambda x: tuple(np.asarray(v) for v in value_and_grad(x)),
+        np.clip(x0, lower, upper),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=so.Bounds(lower, upper),
+    )
+    res = jd.minimize(fun, x0, method="L-BFGS-B", bounds=(lower, upper))
+    assert bool(res.success) and ref.success
+    assert (int(res.nit), int(res.nfev)) == (ref.nit, ref.nfev)
+    np.testing.assert_allclose(float(res.fun), ref.fun, rtol=1e-10)
+    active = (ref.x == lower) | (ref.x == upper)
+    np.testing.assert_array_equal(np.asarray(res.x)[active], ref.x[active])
+
+
+def test_large_bounded_vmap_equals_single_solves():
+    """Under vmap the windowed Cauchy point and its fallback both run (a select): each
+    problem still gets its own result."""
+    fun, x0, lower, upper = _large_bounded("nnls_120")
+    batch = np.stack([x0, 0.5 * x0, np.zeros_like(x0)])
+    solve = lambda x: jd.minimize(fun, x, method="L-BFGS-B", bounds=(lower, upper))
+    batched = jax.jit(jax.vmap(solve))(batch)
+    for i in range(len(batch)):
+        single = solve(batch[i])
+        assert (int(batched.nit[i]), int(batched.nfev[i])) == (int(single.nit), int(single.nfev))
+        np.testing.assert_allclose(batched.x[i], single.x, rtol=1e-9, atol=1e-12)
+
+
 def test_two_loop_inverse_is_the_inverse_of_the_compact_matrix():
     """The unbounded L-BFGS's H (two-loop recursion, ``methods/lbfgs.py``) inverts the
     bounded solver's compact B (``_compact.py``) built from the same pairs, through
