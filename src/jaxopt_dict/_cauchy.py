@@ -21,9 +21,9 @@ passed ones (scipy updates them the same way, by subtraction); ``c_j`` is a pref
 
 The GCP usually passes few breakpoints, and on CPU a full sort of n float64 keys costs
 more than the rest of an iteration (100 us at n = 1000). So for large n only the first
-``WINDOW`` segments are examined, from the smallest breakpoints picked by a float32
-``top_k`` (fast on every backend) and ordered exactly in float64; the full sort runs, in
-a ``lax.cond``, only when the GCP lies beyond them.
+``WINDOW`` breakpoints' segments are examined, picked by a float32 ``top_k`` (XLA:CPU
+has a fast kernel for it, unlike for a float64 sort) and ordered exactly in float64; the
+full sort runs, in a ``lax.cond``, only when the GCP lies beyond them.
 """
 
 from __future__ import annotations
