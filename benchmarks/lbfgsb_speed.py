@@ -74,7 +74,7 @@ def interleaved(fns, arg, repeat: int):
     return best, outs
 
 
-def compare_boxed(res, ours, x0, bounds, t_ours: float, repeat: int) -> None:
+def compare_boxed(res, x0, bounds, t_ours: float, repeat: int) -> None:
     """The same box for scipy's L-BFGS-B and jaxopt's LBFGSB (the peers that take one)."""
     import scipy.optimize
 
@@ -152,7 +152,7 @@ def main() -> None:
     )
     print(f"time ratio ours/optax: {t_ours / t_opt:.3f}")
     if bounds is not None:
-        compare_boxed(res, ours, x0, bounds, t_ours, args.repeat)
+        compare_boxed(res, x0, bounds, t_ours, args.repeat)
     print(
         f"L-BFGS-B first call on a new objective (compile + one solve), n={n}: "
         f"wall {wall:.3f} s, cpu {cpu:.3f} s; compile ~ {wall - t_ours:.3f} s wall"

@@ -399,10 +399,24 @@ def sequential_cauchy(x, g, lower, upper, w, mid, theta):
     return xcp + (tsum + dtm) * d, free, c + dtm * p
 
 
+def _random_memory(n: int, pairs: int, rng):
+    """A limited memory (maxcor 5) with ``pairs`` random pairs pushed (y: s scaled per
+    coordinate, plus noise)."""
+    from jaxopt_dict._compact import memory_empty, memory_push
+
+    mem = memory_empty(5, n, jnp.float64)
+    push = jax.jit(memory_push)
+    for _ in range(pairs):
+        s = rng.normal(size=n)
+        y = s * rng.uniform(0.5, 2.0, size=n) + 0.1 * rng.normal(size=n)
+        mem = push(mem, s, y, s @ y, y @ y, s @ s)
+    return mem
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_cauchy_point_matches_sequential_walk(seed):
     from jaxopt_dict._cauchy import cauchy_point
-    from jaxopt_dict._compact import memory_empty, memory_push, middle_matrix, w_rows
+    from jaxopt_dict._compact import middle_matrix, w_rows
 
     rng = np.random.default_rng(seed)
     n, pairs = 12, seed % 5  # up to 4 pairs, and none
@@ -413,12 +427,7 @@ def test_cauchy_point_matches_sequential_walk(seed):
     x[1] = lower[1] if np.isfinite(lower[1]) else x[1]  # one on a bound
     g = rng.normal(size=n)
     g[2] = 0.0
-    mem = memory_empty(5, n, jnp.float64)
-    push = jax.jit(memory_push)
-    for _ in range(pairs):
-        s = rng.normal(size=n)
-        y = s * rng.uniform(0.5, 2.0, size=n) + 0.1 * rng.normal(size=n)
-        mem = push(mem, s, y, s @ y, y @ y, s @ s)
+    mem = _random_memory(n, pairs, rng)
     mid = jax.jit(middle_matrix)(mem)
     w = np.asarray(jax.jit(w_rows)(mem, jnp.arange(n)))
     got = jax.jit(cauchy_point)(x, g, lower, upper, mem, mid)
@@ -436,8 +445,6 @@ def _cauchy_case(kind: str, n: int, rng):
     so the GCP passes every breakpoint; "ties", ``B = I`` (the GCP is at t = 1) with 5
     breakpoints equal at 0.5 and 51 around 1 that differ by 1e-9 (one float32 value), in
     shuffled order: about half of them lie below 1."""
-    from jaxopt_dict._compact import memory_empty, memory_push
-
     lower = np.where(rng.random(n) < 0.8, -rng.random(n), -np.inf)
     upper = np.where(rng.random(n) < 0.8, rng.random(n), np.inf)
     x = np.clip(rng.normal(size=n) * 0.5, lower, upper)
@@ -451,12 +458,7 @@ def _cauchy_case(kind: str, n: int, rng):
         t[:5] = 0.5
         t[5:56] = 1.0 + (rng.permutation(51) - 25.5) * 1e-9
         g, lower, upper, pairs = np.ones(n), x - t, np.full(n, np.inf), 0
-    mem = memory_empty(5, n, jnp.float64)
-    push = jax.jit(memory_push)
-    for _ in range(pairs):
-        s = rng.normal(size=n)
-        y = s * rng.uniform(0.5, 2.0, size=n) + 0.1 * rng.normal(size=n)
-        mem = push(mem, s, y, s @ y, y @ y, s @ s)
+    mem = _random_memory(n, pairs, rng)
     return x, g, lower, upper, mem
 
 

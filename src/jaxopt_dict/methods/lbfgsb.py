@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxopt_dict._cauchy import cauchy_point
@@ -196,7 +197,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
             z = jnp.where(fresh, clip(x - g, bounds), z)
             new = (z, fresh, *start_search(x, f, g, z, iteration, bounds))
             # The state's dtypes (float64 constants must not promote a float32 solve).
-            return jax.tree.map(lambda a, b: a.astype(b.dtype), new, same_search())
+            return optax.tree.cast_like(new, same_search())
 
         def same_search():
             return state.z, jnp.asarray(False), state.d, state.gd0, search
