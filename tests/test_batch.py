@@ -88,7 +88,7 @@ def bowl(x, center):
 
 def test_lanes_finishing_together_wait_for_their_data():
     # Translated copies of one bowl, each started at the same offset from its center, take
-    # the same evaluations: all 8 lanes free up on the same trip, but only lanes // 4 = 2
+    # the same evaluations: all 8 lanes free up on the same trip, but only lanes // 2 = 4
     # take a new problem per trip and the others idle. Each problem must still be solved
     # with its own args row.
     centers = jnp.arange(20.0).reshape(20, 1) * jnp.ones((20, 3))
