@@ -441,16 +441,22 @@ def test_cauchy_point_matches_sequential_walk(seed):
 
 def _cauchy_case(kind: str, n: int, rng):
     """A point, gradient, box and memory for the Cauchy point tests. ``kind``: "pairs",
-    mixed bounds and a few pairs; "steep", no pairs and boxes that the path crosses early,
-    so the GCP passes every breakpoint; "ties", ``B = I`` (the GCP is at t = 1) with 5
+    mixed bounds and a few pairs (the GCP passes 37-45 breakpoints); "wide", the same with
+    every bound 100x farther from x, so the GCP passes at most one; "steep", no pairs and
+    boxes that the path crosses early, so the GCP passes every breakpoint; "ties",
+    ``B = I`` (the GCP is at t = 1) with 5
     breakpoints equal at 0.5 and 51 around 1 that differ by 1e-9 (one float32 value), in
-    shuffled order: about half of them lie below 1."""
+    shuffled order: about half of them lie below 1; "close", the same with only 11 around 1
+    and the rest between 2 and 3, so a window of 32 holds all 16 smallest breakpoints
+    (float32-equal ones among them: the window must order them in float64)."""
     lower = np.where(rng.random(n) < 0.8, -rng.random(n), -np.inf)
     upper = np.where(rng.random(n) < 0.8, rng.random(n), np.inf)
     x = np.clip(rng.normal(size=n) * 0.5, lower, upper)
     g = rng.normal(size=n)
     pairs = 3
-    if kind == "steep":
+    if kind == "wide":
+        lower, upper = x - 100.0 * (x - lower), x + 100.0 * (upper - x)
+    elif kind == "steep":
         lower, upper = x - 1e-3 * rng.random(n), x + 1e-3 * rng.random(n)
         pairs = 0
     elif kind == "ties":
@@ -458,11 +464,16 @@ def _cauchy_case(kind: str, n: int, rng):
         t[:5] = 0.5
         t[5:56] = 1.0 + (rng.permutation(51) - 25.5) * 1e-9
         g, lower, upper, pairs = np.ones(n), x - t, np.full(n, np.inf), 0
+    elif kind == "close":
+        t = 2.0 + rng.random(n)
+        t[:5] = 0.5
+        t[5:16] = 1.0 + (rng.permutation(11) - 5.5) * 1e-9
+        g, lower, upper, pairs = np.ones(n), x - t, np.full(n, np.inf), 0
     mem = _random_memory(n, pairs, rng)
     return x, g, lower, upper, mem
 
 
-@pytest.mark.parametrize("kind", ["pairs", "steep", "ties"])
+@pytest.mark.parametrize("kind", ["pairs", "wide", "steep", "ties", "close"])
 @pytest.mark.parametrize("window", [2, 8, 32])
 def test_cauchy_point_window_matches_sequential_walk(kind, window):
     """For large n only the smallest breakpoints are sorted (a float32 top_k, then
@@ -481,10 +492,18 @@ def test_cauchy_point_window_matches_sequential_walk(kind, window):
     np.testing.assert_allclose(np.asarray(got.xcp), xcp, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(np.asarray(got.free), free)
     np.testing.assert_allclose(np.asarray(got.c), c, rtol=1e-9, atol=1e-11)
-    if kind == "steep":
-        assert np.sum(~free) > 2 * window  # the GCP lay beyond the window: the fallback ran
+    pinned = ((x == lower) & (g > 0)) | ((x == upper) & (g < 0))
+    passed = np.sum(~free & ~pinned)  # breakpoints the GCP lies beyond
+    if kind == "wide" or (kind == "close" and window == 32):
+        # Within the window's exactly ordered breakpoints (those whose float32 key is below
+        # the largest one picked: window - 1 here): the windowed walk decided.
+        assert passed <= window - 1
+    if kind in ("pairs", "steep"):
+        assert passed > window  # the GCP lay beyond the window: the fallback ran
     if kind == "ties":
         assert 5 < np.sum(~free) < 56  # the walk stopped among the float32 ties
+    if kind == "close":
+        assert 5 < passed < 16  # ... and here too
 
 
 def _large_bounded(name: str):
