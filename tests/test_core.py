@@ -644,6 +644,43 @@ def test_callback_once_per_iteration_under_jit():
     assert all(b < a for a, b in itertools.pairwise(funs))  # Armijo: f decreases
 
 
+def _quartic(x, c):
+    return jnp.sum((x - 1.0) ** 2) + c * jnp.sum(x**4)
+
+
+def test_callback_and_disp_under_vmap_report_each_problems_own_iterations(capsys):
+    # Under vmap the loop body runs for every problem until the slowest stops; a finished
+    # problem is frozen, and its discarded trips must not reach callback or disp.
+    coefs = jnp.array([0.0, 1.0, 3.0])
+    options = {"disp": True}
+
+    def run(c):
+        return jd.minimize(
+            _quartic, jnp.zeros(2), args=(c,), method="L-BFGS", options=options, callback=_callback
+        )
+
+    def reports(solve, *a):
+        _CALLBACK_SEEN.clear()
+        capsys.readouterr()
+        res = solve(*a)
+        jax.effects_barrier()
+        lines = capsys.readouterr().out.splitlines()
+        iters = [int(m.group(1)) for m in map(_ITER_LINE.match, lines) if m]
+        return res, sorted(int(r.nit) for r in _CALLBACK_SEEN), sorted(iters)
+
+    batch, batch_nits, batch_lines = reports(jax.jit(jax.vmap(run)), coefs)
+    solo_nits, solo_lines = [], []
+    for k, c in enumerate(coefs):
+        res, nits, lines = reports(run, c)
+        assert int(res.nit) == int(batch.nit[k])
+        assert nits == list(range(1, int(res.nit) + 1))
+        solo_nits += nits
+        solo_lines += lines
+    assert len(set(np.asarray(batch.nit).tolist())) > 1  # some problems finish first
+    assert batch_nits == sorted(solo_nits)
+    assert batch_lines == sorted(solo_lines)
+
+
 @pytest.mark.parametrize("method_id", ["GD-fixed", "GD-linesearch"])
 def test_trace_shapes_and_contents_under_jit(method_id):
     method, options = _trace_options(method_id)

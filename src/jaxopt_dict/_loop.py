@@ -65,7 +65,11 @@ def reduction_too_small(f_old: jax.Array, f: jax.Array, ftol: jax.Array) -> jax.
 def _host_report(config: LoopConfig) -> Callable[..., None]:
     """A host function printing (``disp``) and calling back (``callback``) per iteration."""
 
-    def report(first, accepted, x, f, g, nit, nfev, pg_norm, step_norm):
+    def report(running, first, accepted, x, f, g, nit, nfev, pg_norm, step_norm):
+        # Under vmap the loop body runs for every problem until the last one stops; a
+        # finished problem's trips are discarded and must not be reported.
+        if not bool(running):
+            return
         if bool(first):
             if config.disp:
                 print(f"iter      0  f = {float(f): .8e}  |pg|_inf = {float(pg_norm):.3e}")
@@ -242,7 +246,17 @@ def advance(
         )
     if config.disp or config.callback is not None:
         jax.debug.callback(
-            _host_report(config), first, accepted, x, f, g, nit, nfev, pg_norm, step_norm
+            _host_report(config),
+            c.status == RUNNING,
+            first,
+            accepted,
+            x,
+            f,
+            g,
+            nit,
+            nfev,
+            pg_norm,
+            step_norm,
         )
     return _Carry(state, trial, x, f, g, nit, nfev, status, small_gradient, trace)
 
