@@ -514,6 +514,26 @@ def test_maxiter_zero_returns_x0(method_id):
     np.testing.assert_allclose(float(res.fun), float(quad_mixed(x0)))
 
 
+@pytest.mark.parametrize(
+    "method_id, maxiter",
+    [(m, None) for m in [*METHODS, "L-BFGS", "L-BFGS-B", "optax"]]
+    + [(m, 0) for m in ["momentum", "Adam", "optax"]],
+)
+def test_x0_already_optimal_converges_with_no_iteration(method_id, maxiter):
+    # Momentum methods ask for gtol at two consecutive iterates, but at x0 they have not
+    # moved yet: one small gradient there ends the solve, as for every method.
+    method, options = METHODS.get(method_id, (method_id, {}))
+    if method_id == "optax":
+        method = OPTAX_ADAM
+    if maxiter is not None:
+        options = {**options, "maxiter": maxiter}
+    xstar = QUAD_MIXED.xstar()
+    res = jd.minimize(quad_mixed, xstar, method=method, options=options)
+    assert int(res.status) == jd.Status.CONVERGED, res.message
+    assert int(res.nit) == 0 and int(res.nfev) == 1
+    chex.assert_trees_all_close(res.x, xstar, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method_id", ["GD-fixed", "GD-linesearch", "Newton-linesearch"])
 def test_maxfun(method_id):
     method, options = METHODS[method_id]
@@ -767,6 +787,27 @@ def test_optax_transformation_with_bounds_projects():
     res = jd.minimize(quad_mixed, QUAD_MIXED.x0(), method=OPTAX_ADAM, bounds=(lower, upper))
     assert bool(res.success), res.message
     chex.assert_trees_all_close(res.x, QUAD_MIXED.xstar_bounded(), atol=1e-4)
+
+
+OPTAX_POLYAK = optax.polyak_sgd(max_learning_rate=1.0)
+
+
+def test_optax_transformation_gets_the_value_it_asks_for():
+    # Polyak's step (f - 0) / |g|^2 on f = |x - 1|^2 is 1/4, so each update halves x - 1:
+    # x_k = 1 - 0.5^k from x0 = 0. optax.polyak_sgd takes f through optax's extra args.
+    def f(x):
+        return jnp.sum((x - 1.0) ** 2)
+
+    options = {"maxiter": 3, "gtol": 0.0}
+    res = jd.minimize(f, jnp.zeros(3), method=OPTAX_POLYAK, options=options)
+    assert int(res.nit) == 3
+    chex.assert_trees_all_close(res.x, jnp.full(3, 0.875), rtol=1e-12)
+
+
+def test_optax_transformation_with_its_own_line_search_is_refused_clearly():
+    # optax.lbfgs calls fun itself (value_fn); that cannot sit in a one-evaluation trip.
+    with pytest.raises(TypeError, match="value_fn.*L-BFGS"):
+        jd.minimize(quad_mixed, QUAD_MIXED.x0(), method=optax.lbfgs())
 
 
 @pytest.mark.parametrize("method", ["Adam", "momentum"])

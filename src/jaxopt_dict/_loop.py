@@ -209,7 +209,9 @@ def advance(
         reduction_small = reduction_too_small(c.f, ev.f, opts["ftol"])
     small_gradient = jnp.where(take, pg_norm <= gtol, c.small_gradient)
     if stepper.has_memory:
-        converged = accepted & small_gradient & c.small_gradient
+        # Two consecutive small gradients, except at x0, where the method is still at rest
+        # (no velocity yet): x0 satisfying gtol ends the solve with nit = 0, as for the others.
+        converged = ((accepted & c.small_gradient) | first) & small_gradient
     else:
         converged = take & small_gradient
     status = jnp.select(

@@ -19,10 +19,26 @@ from jaxopt_dict._tree import project
 
 
 def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
-    """A ``Stepper`` taking one ``tx`` update per trip, projected onto the box."""
+    """A ``Stepper`` taking one ``tx`` update per trip, projected onto the box.
+
+    The update gets optax's extra arguments ``value`` and ``grad`` (at the point being
+    updated), which rules such as ``optax.polyak_sgd`` and ``optax.contrib.reduce_on_plateau``
+    need; plain transformations ignore them. A rule that needs ``value_fn`` (a line search
+    calling ``fun`` itself, as ``optax.lbfgs``) cannot run here: one evaluation per trip.
+    """
+    tx = optax.with_extra_args_support(tx)
 
     def advance(opt_state, ev, box):
-        updates, opt_state = tx.update(ev.g, opt_state, ev.x)
+        try:
+            updates, opt_state = tx.update(ev.g, opt_state, ev.x, value=ev.f, grad=ev.g)
+        except TypeError as error:
+            if "value_fn" not in str(error):
+                raise
+            raise TypeError(
+                "This optax transformation needs value_fn (a line search that calls fun "
+                "itself, as optax.lbfgs does); jaxopt_dict evaluates fun once per trip of its "
+                "own loop. Use method='L-BFGS' (or 'L-BFGS-B') instead."
+            ) from error
         return opt_state, project(optax.apply_updates(ev.x, updates), box)
 
     def init(ev, box):
