@@ -146,6 +146,42 @@ def test_unknown_method_type(no_solve):
         jd.minimize(quad_mixed, _x0(), method=123)
 
 
+@pytest.mark.parametrize("options", [[("maxiter", 1)], "maxiter", 3], ids=["pairs", "str", "int"])
+@pytest.mark.parametrize("solver", ["minimize", "minimize_batch"])
+def test_options_must_be_a_dict(no_solve, solver, options):
+    # dict() would take a list of pairs silently; a string or number gave Python's own error.
+    x0 = _x0()
+    if solver == "minimize_batch":
+        x0 = jax.tree.map(lambda v: v[None], x0)
+    with pytest.raises(TypeError, match="options must be a dict"):
+        getattr(jd, solver)(quad_mixed, x0, method="GD", options=options)
+
+
+def _shape_three_gradient(x):
+    return {**x, "m": jnp.zeros(3)}
+
+
+def _value_and_matrix_gradient(x):
+    return quad_mixed(x), {**x, "s": jnp.zeros((1, 1))}  # broadcastable to s's ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "path"),
+    [
+        ({"jac": _shape_three_gradient}, "['m']"),
+        ({"jac": True, "fun": _value_and_matrix_gradient}, "['s']"),
+    ],
+    ids=["jac=callable", "jac=True"],
+)
+def test_gradient_leaf_shapes_must_match_x0(no_solve, kwargs, path):
+    # Before, a wrong shape surfaced as an XLA shape error deep in the solve (or broadcast).
+    kwargs = {"fun": quad_mixed, **kwargs}
+    x0 = _x0()
+    with pytest.raises(TypeError, match="shape") as err:
+        jd.minimize(x0=x0, method="GD", **kwargs)
+    assert path in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------
 # ValueError: wrong values
 # ---------------------------------------------------------------------------------------
@@ -169,6 +205,12 @@ def test_unknown_method_type(no_solve):
         ("GD", {"maxfun": 0}),
         ("GD", {"gtol": -1e-5}),
         ("GD", {"gtol": float("nan")}),
+        ("GD", {"learning_rate": float("inf")}),
+        ("Adam", {"learning_rate": float("inf")}),
+        ("Newton", {"learning_rate": float("inf")}),
+        ("GD", {"maxiter": float("inf")}),
+        ("GD", {"maxfun": float("inf")}),
+        ("GD", {"gtol": float("inf")}),
         ("GD", {"xtol": -1.0}),
         ("GD", {"ftol": -1.0}),
         ("GD", {"maxls": 0}),

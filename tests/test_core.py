@@ -454,6 +454,33 @@ def test_scalar_and_one_sided_bounds(method_id, bounds):
 # ---------------------------------------------------------------------------------------
 
 
+def test_method_none_is_the_default_l_bfgs_b():
+    # scipy.optimize.minimize(method=None) picks its default; wrappers forward None.
+    x0 = QUAD_MIXED.x0()
+    default = jd.minimize(quad_mixed, x0)
+    via_none = jd.minimize(quad_mixed, x0, method=None)
+    named = jd.minimize(quad_mixed, x0, method="l-bfgs-b")
+    for res in (via_none, named):
+        assert (int(res.nit), int(res.nfev)) == (int(default.nit), int(default.nfev))
+        chex.assert_trees_all_close(res.x, default.x, rtol=0, atol=0)
+
+
+def test_structural_option_as_a_concrete_jax_scalar():
+    # jnp.asarray(3) is as concrete as 3; only a traced maxiter cannot set the loop's size.
+    method, options = METHODS["GD-fixed"]
+    x0 = QUAD_MIXED.x0()
+    res = jd.minimize(quad_mixed, x0, method=method, options={**options, "maxiter": 3})
+    via_array = jd.minimize(
+        quad_mixed, x0, method=method, options={**options, "maxiter": jnp.asarray(3)}
+    )
+    assert int(res.nit) == int(via_array.nit) == 3
+    chex.assert_trees_all_close(via_array.x, res.x, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="maxiter"):
+        jax.jit(
+            lambda m: jd.minimize(quad_mixed, x0, method=method, options={**options, "maxiter": m})
+        )(3)
+
+
 def test_tol_sets_gtol():
     x0 = QUAD_MIXED.x0()
     via_tol = jd.minimize(quad_mixed, x0, method="momentum", tol=1e-2)

@@ -15,13 +15,12 @@ import json
 import pathlib
 import sys
 
+# Test extras (pyproject): missing ones fail the run instead of skipping the notebooks.
+import ipykernel  # noqa: F401
+import matplotlib  # noqa: F401
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("matplotlib")
-
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 

@@ -174,7 +174,7 @@ def minimize_batch(
     x0: PyTree,
     *,
     args: tuple = (),
-    method: str | Method | optax.GradientTransformation = "L-BFGS-B",
+    method: str | Method | optax.GradientTransformation | None = "L-BFGS-B",
     jac: bool | Callable[..., PyTree] | None = None,
     bounds: tuple[Any, Any] | None = None,
     tol: float | None = None,
@@ -224,6 +224,8 @@ def minimize_batch(
             "by all problems takes args_axes=None)."
         )
     (n_problems,) = sizes
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}.")
     if options and (options.get("disp") or options.get("trace")):
         raise ValueError("minimize_batch does not take disp or trace; use jax.vmap(minimize).")
     lanes = min(n_problems, 256 if lanes is None else int(lanes))

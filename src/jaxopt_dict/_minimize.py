@@ -87,6 +87,8 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback):
             f"{', '.join(methods_with_bounds())}."
         )
     specs = option_specs(method_rec)
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}.")
     options = dict(options or {})
     if tol is not None:
         for name in ("gtol", "ftol"):
@@ -106,7 +108,7 @@ def minimize(
     x0: PyTree,
     *,
     args: tuple = (),
-    method: str | Method | optax.GradientTransformation = "L-BFGS-B",
+    method: str | Method | optax.GradientTransformation | None = "L-BFGS-B",
     jac: bool | Callable[..., PyTree] | None = None,
     bounds: tuple[Any, Any] | None = None,
     tol: float | None = None,
@@ -120,7 +122,8 @@ def minimize(
       x0: a pytree of floating arrays (leaves of any shapes; float32/float64 each kept).
       args: a tuple of pytrees passed to ``fun``; may hold traced values.
       method: a name (case-insensitive, see ``method_names()``), a ``Method``, or an
-        ``optax.GradientTransformation`` run to convergence.
+        ``optax.GradientTransformation`` run to convergence; ``None`` means the default,
+        ``"L-BFGS-B"`` (scipy's choice for a problem without constraints but with bounds).
       jac: ``None`` (``jax.value_and_grad``), ``True`` (``fun`` returns ``(f, grad)``), or
         a callable ``jac(x, *args)`` returning the gradient.
       bounds: ``None`` or ``(lower, upper)``; each side None, a scalar, or a pytree like x0.

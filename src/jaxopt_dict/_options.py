@@ -81,6 +81,8 @@ def _check_value(method: str, spec: Option, value: Any) -> Any:
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{where} must be a bool, got {value!r}.")
         return bool(value)
+    if spec.static and isinstance(value, jax.Array) and not _is_traced(value):
+        value = np.asarray(value)  # A concrete JAX scalar is as good as a Python number.
     if _is_traced(value) or isinstance(value, jax.Array) and not spec.static:
         if spec.static:
             raise ValueError(f"{where} is structural and must be a Python {spec.kind.__name__}.")
@@ -97,14 +99,14 @@ def _check_value(method: str, spec: Option, value: Any) -> Any:
         if np.ndim(value) != 0:
             raise ValueError(f"{where} must be a scalar, got shape {np.shape(value)}.")
         if spec.kind is int:
-            if float(value) != int(value):
+            if not math.isfinite(float(value)) or float(value) != int(value):
                 raise ValueError(f"{where} must be an integer, got {value!r}.")
             value = int(value)
         else:
             value = float(value)
         value_for_check = float(value)
-    if math.isnan(value_for_check):
-        raise ValueError(f"{where} is NaN.")
+    if not math.isfinite(value_for_check):
+        raise ValueError(f"{where} must be finite, got {value!r}.")
     if spec.low is not None and (
         value_for_check < spec.low or (spec.open_low and value_for_check == spec.low)
     ):

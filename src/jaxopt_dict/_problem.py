@@ -141,7 +141,7 @@ class Objective(NamedTuple):
 
         Raises:
           TypeError: non-scalar or non-float value, a ``jac=True`` fun that does not return
-            a pair, or a gradient whose structure differs from x0's.
+            a pair, or a gradient whose structure or leaf shapes differ from x0's.
         """
         if not callable(self.fun):
             raise TypeError(f"fun must be callable, got {type(self.fun).__name__}.")
@@ -168,11 +168,21 @@ class Objective(NamedTuple):
             )
         if not jnp.issubdtype(value.dtype, jnp.floating):
             raise TypeError(f"fun must return a real float, got dtype {value.dtype}.")
-        if grad is not None and jax.tree.structure(grad) != jax.tree.structure(x0):
+        if grad is None:
+            return
+        if jax.tree.structure(grad) != jax.tree.structure(x0):
             raise TypeError(
                 f"the gradient has structure {jax.tree.structure(grad)}, but x0 has "
                 f"{jax.tree.structure(x0)}."
             )
+        for (path, g_leaf), x_leaf in zip(
+            jax.tree_util.tree_leaves_with_path(grad), jax.tree.leaves(x0), strict=True
+        ):
+            if jnp.shape(g_leaf) != jnp.shape(x_leaf):
+                raise TypeError(
+                    f"the gradient's leaf at {jax.tree_util.keystr(path) or 'the root'} has "
+                    f"shape {jnp.shape(g_leaf)}, but x0's has {jnp.shape(x_leaf)}."
+                )
 
     def value_and_grad(self, x: PyTree, args: tuple) -> tuple[jax.Array, PyTree]:
         """f and its gradient in one fused evaluation; the gradient keeps x's dtypes."""

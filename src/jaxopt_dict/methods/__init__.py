@@ -32,13 +32,16 @@ def methods_with_bounds() -> list[str]:
     return [m.name for m in _REGISTRY.values() if m.supports_bounds]
 
 
-def resolve_method(method: str | Method | optax.GradientTransformation) -> Method:
-    """A ``Method`` from a name, a ``Method``, or an optax transformation.
+def resolve_method(method: str | Method | optax.GradientTransformation | None) -> Method:
+    """A ``Method`` from a name, a ``Method``, or an optax transformation; ``None`` is
+    the default, L-BFGS-B (as ``method=None`` is scipy's default).
 
     Raises:
       ValueError: an unknown name (the message lists the known ones).
       TypeError: anything else.
     """
+    if method is None:
+        method = "L-BFGS-B"
     if isinstance(method, Method):
         return method
     if isinstance(method, optax.GradientTransformation):

@@ -123,8 +123,8 @@ def prepare(objective: Objective, opts: Mapping[str, Any]) -> PhysicsObjective:
     """Front-door hook: PG needs ``physics``; the driver evaluates ``L(physics(x))``.
 
     Raises:
-      ValueError: ``options["physics"]`` is missing.
-      TypeError: ``physics`` or ``physics_inv`` is not callable.
+      ValueError: ``options["physics"]`` is missing, or it or ``physics_inv`` is not
+        callable (a wrong option value, SPEC section 1).
     """
     physics, physics_inv = opts["physics"], opts["physics_inv"]
     if physics is None:
@@ -132,10 +132,13 @@ def prepare(objective: Objective, opts: Mapping[str, Any]) -> PhysicsObjective:
             "method 'PG' needs options['physics']: the simulator y = physics(x); fun is the "
             "loss L(y) in its output space (options['physics_inv'], y -> x, is optional)."
         )
+    # Wrong option values, types included, are ValueErrors (SPEC section 1).
     if not callable(physics):
-        raise TypeError(f"options['physics'] must be callable, got {type(physics).__name__}.")
+        raise ValueError(  # noqa: TRY004
+            f"options['physics'] must be callable, got {type(physics).__name__}."
+        )
     if physics_inv is not None and not callable(physics_inv):
-        raise TypeError(
+        raise ValueError(
             f"options['physics_inv'] must be callable, got {type(physics_inv).__name__}."
         )
     return PhysicsObjective(objective, physics, physics_inv)
