@@ -27,6 +27,7 @@ from jaxopt_dict._linesearch import (
     more_thuente_step,
 )
 from jaxopt_dict._options import resolve_options
+from jaxopt_dict._tree import projected_gradient
 from jaxopt_dict.methods import lbfgsb
 from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N
 
@@ -220,6 +221,44 @@ def test_float32_ends_honestly(name):
     assert np.isfinite(float(res.fun))
     ref = scipy_result(name).fun
     assert float(res.fun) <= ref + 1e-3 * max(1.0, abs(ref))
+
+
+def test_projected_gradient_keeps_gradients_below_the_ulp_of_x():
+    # x - P(x - g) in float32 at x ~ 1e4 (ulp 1e-3) rounds g = 1e-4 to 0; scipy's projgr
+    # compares instead. Far bounds: the gradient itself; near ones: the distance to them.
+    x = jnp.asarray([1e4, 1e4, 1e4, 1e4, 5.0, 5.0], jnp.float32)
+    g = jnp.asarray([1e-4, -1e-4, 3.0, -3.0, 2.0, -2.0], jnp.float32)
+    lower = jnp.asarray([-1e6, -1e6, 1e4 - 1.0, -1e6, 5.0, 0.0], jnp.float32)
+    upper = jnp.asarray([1e6, 1e6, 1e6, 1e4 + 1.0, 9.0, 5.0], jnp.float32)
+    pg = projected_gradient(x, g, jd.Box(lower, upper))
+    np.testing.assert_array_equal(pg, np.float32([1e-4, -1e-4, 1.0, -1.0, 0.0, 0.0]))
+    assert pg.dtype == jnp.float32
+    # Where nothing rounds, it is x - P(x - g) exactly (random points inside random boxes).
+    rng = np.random.default_rng(0)
+    lo, hi = np.sort(rng.normal(size=(2, 200)), axis=0)
+    hi[::7], lo[::11] = np.inf, -np.inf
+    xs = np.clip(rng.normal(size=200), lo, hi)
+    gs = rng.normal(size=200) * 2.0
+    pg = projected_gradient(jnp.asarray(xs), jnp.asarray(gs), jd.Box(lo, hi))
+    np.testing.assert_allclose(pg, xs - np.clip(xs - gs, lo, hi), rtol=1e-12, atol=1e-15)
+
+
+def _log_cosh_far(x):
+    centers = jnp.asarray([1e4 + 0.3, 2e4 + 0.7, 3e4 + 0.1], x.dtype)
+    z = (x - centers) / 1000.0
+    return jnp.sum(jnp.logaddexp(z, -z))
+
+
+def test_inactive_bounds_do_not_hide_a_small_gradient_in_float32():
+    # With bounds +-1e6 that never become active, the float32 solve is the unbounded one:
+    # it stopped at nit 2 with |g| = 1.5e-4 (15x gtol, x 154 off) when the projected
+    # gradient was computed as x - P(x - g).
+    x0 = jnp.asarray([7e3, 1.7e4, 2.7e4], jnp.float32)
+    res = jd.minimize(_log_cosh_far, x0, method="L-BFGS-B", bounds=(-1e6, 1e6))
+    g = np.asarray(jax.grad(_log_cosh_far)(jnp.asarray(res.x, jnp.float64)))
+    assert int(res.status) == jd.Status.CONVERGED, res.message
+    assert np.max(np.abs(g)) <= 2e-5
+    np.testing.assert_allclose(res.x, [1e4 + 0.3, 2e4 + 0.7, 3e4 + 0.1], atol=5.0)
 
 
 def test_lbfgs_takes_no_bounds():
