@@ -34,6 +34,7 @@ from problems import (
 )
 
 import jaxopt_dict as jd
+from jaxopt_dict._linesearch import Backtracking, backtracking_advance
 
 jax.config.update("jax_enable_x64", True)
 
@@ -300,6 +301,88 @@ def test_newton_is_safeguarded_on_an_indefinite_hessian():
     assert int(res.status) == jd.Status.CONVERGED, res.message
     np.testing.assert_allclose(np.asarray(res.x), [1.0, 0.0], atol=1e-5)
     assert float(res.fun) == pytest.approx(-0.25)
+
+
+# Backtracking cuts a rejected step by safeguarded quadratic interpolation (x0.1 to x0.5),
+# not by halving: each of these hit LINESEARCH_FAILED at iteration 0 with 20 halvings,
+# where scipy's trust-exact (Newton) converges.
+def _log_cosh_at_one(x):
+    return jnp.sum(jnp.logaddexp(x - 1.0, 1.0 - x))
+
+
+def _quartic_well(x):
+    return jnp.sum(x**4 - x**2)
+
+
+_TINY_SCALE = 1e-7
+
+
+def _tiny_scale_quadratic(x):
+    return jnp.sum((x / _TINY_SCALE - 1.0) ** 2 * jnp.asarray([1.0, 3.0]))
+
+
+@pytest.mark.parametrize(
+    ("fun", "x0", "method", "options", "xstar"),
+    [
+        # Hessian ~ 4e-9 at x = 11: the Newton step is ~1e8 long.
+        (_log_cosh_at_one, [11.0], "Newton", {}, [1.0]),
+        # Hessian exactly 0 at the inflection point 1/sqrt(6).
+        (_quartic_well, [1 / np.sqrt(6.0)], "Newton", {}, [1 / np.sqrt(2.0)]),
+        # The first GD trial moves 1 in the inf-norm, 1e7 times too far.
+        (
+            _tiny_scale_quadratic,
+            [-1.2 * _TINY_SCALE, _TINY_SCALE],
+            "GD",
+            {"gtol": 1e-5 / _TINY_SCALE},
+            [_TINY_SCALE, _TINY_SCALE],
+        ),
+    ],
+    ids=["newton-flat", "newton-singular", "gd-tiny-scale"],
+)
+def test_backtracking_recovers_from_a_far_too_long_first_step(fun, x0, method, options, xstar):
+    res = jd.minimize(fun, jnp.asarray(x0), method=method, options=options)
+    assert bool(res.success), res.message
+    np.testing.assert_allclose(res.x, xstar, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("minimizer", "trials_before", "expected"),
+    [
+        (0.3, 0, 0.5),  # a mild overshoot: halved (longer accepted steps, fewer evaluations)
+        (0.01, 0, 0.1),  # the model says 100x too long: cut by 10
+        (0.3, 2, 0.3),  # the third rejection in a row: the model's minimizer
+        (0.01, 2, 0.1),  # ... kept within [0.1, 0.5]
+        (0.45, 5, 0.45),
+    ],
+)
+def test_backtracking_shrink_rule(minimizer, trials_before, expected):
+    # Along the ray x = t (from x = 0, f(0) = 0, g(0) = -1), the trial t = 1 is rejected
+    # with f(1) = 1 / (2 m) - 1: the quadratic through these has its minimum at t = m.
+    search = Backtracking(
+        x=jnp.zeros(1),
+        f=jnp.asarray(0.0),
+        g=-jnp.ones(1),
+        direction=jnp.ones(1),
+        step_size=jnp.asarray(1.0),
+        trials=jnp.asarray(trials_before, jnp.int32),
+    )
+    trial = jd.Evaluation(jnp.ones(1), jnp.asarray(1 / (2 * minimizer) - 1), jnp.zeros(1))
+    search, accepted, failed = backtracking_advance(search, trial, maxls=20)
+    assert not bool(accepted) and not bool(failed)
+    np.testing.assert_allclose(float(search.step_size), expected, rtol=1e-12)
+
+
+def _power_one_and_a_half(x):
+    return jnp.sum(x**2) + jnp.sum(jnp.abs(x) ** 1.5)
+
+
+def test_newton_falls_back_to_steepest_descent_where_the_hessian_is_not_finite():
+    # At x = (0, 1), f and g are finite but d2/dx2 |x|^1.5 is infinite: the Newton
+    # direction is NaN, and the solve ended NONFINITE at nit 0. Steepest descent instead.
+    res = jd.minimize(_power_one_and_a_half, jnp.asarray([0.0, 1.0]), method="Newton")
+    assert bool(res.success), res.message
+    assert int(res.nit) > 0
+    np.testing.assert_allclose(res.x, [0.0, 0.0], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -790,6 +873,7 @@ def test_callback_primitive_present_with_callback_or_disp(kwargs):
 
 # Module-level, so the compiled solve is reused (methods are cached by identity).
 OPTAX_ADAM = optax.adam(0.05)
+OPTAX_ADAM_FAST = optax.adam(0.5)
 OPTAX_SGD = optax.sgd(0.2)
 
 
@@ -868,3 +952,42 @@ def test_default_xtol_zero_stops_when_the_iterate_stops_changing():
     assert bool(res.success)
     assert int(res.nit) == 1
     np.testing.assert_array_equal(np.asarray(res.x), np.asarray(x0))
+
+
+def _inside_the_box(x):
+    return jnp.sum((x - 0.9) ** 2)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("Adam", {"learning_rate": 0.5}),
+        ("momentum", {"learning_rate": 0.3, "momentum": 0.9}),
+        (OPTAX_ADAM_FAST, {}),
+    ],
+    ids=["Adam", "momentum", "optax-adam"],
+)
+def test_a_step_cut_off_by_the_box_does_not_stop_a_rule_with_velocity(method, options):
+    # From -1 the velocity carries x into the bound at 1 (the minimum 0.9 is inside): the
+    # projected step is 0 while the velocity still pushes outward. That stopped the solve
+    # with XTOL (success) at x = 1; now xtol also sees the update the box cut off, so the
+    # velocity turns around and x comes back to 0.9.
+    res = jd.minimize(
+        _inside_the_box, jnp.asarray([-1.0]), method=method, bounds=(-1.0, 1.0), options=options
+    )
+    assert int(res.status) == jd.Status.CONVERGED, res.message
+    np.testing.assert_allclose(res.x, [0.9], atol=1e-4)
+
+
+def test_a_rule_with_velocity_converges_against_the_bound_it_presses():
+    # The minimum over the box is on the bound: the update keeps being cut off there, and
+    # the projected gradient (0 at the bound) ends the solve, CONVERGED.
+    res = jd.minimize(
+        lambda x: jnp.sum((x - 2.0) ** 2),
+        jnp.asarray([-1.0]),
+        method="Adam",
+        bounds=(-1.0, 1.0),
+        options={"learning_rate": 0.5},
+    )
+    assert int(res.status) == jd.Status.CONVERGED, res.message
+    np.testing.assert_array_equal(res.x, [1.0])

@@ -26,7 +26,17 @@ from jaxopt_dict._tree import project
 PyTree = Any
 
 ARMIJO_C1 = 1e-4
-SHRINK = 0.5
+# A rejected step is halved, unless the quadratic through f(x), the slope and the rejected
+# trial puts the minimizer below SHRINK_MIN of it (then SHRINK_MIN), and from the
+# INTERPOLATE_AFTER-th rejection in a row it is cut to that minimizer, kept within
+# [SHRINK_MIN, SHRINK_MAX] (Dennis & Schnabel, A6.3.1). Far too long a step (a Newton
+# step where the Hessian is nearly singular, a first step at the wrong scale) then shrinks
+# by up to 10 per trial, so maxls = 20 trials span 1e20 instead of 1e6. Halving first:
+# interpolating from the first rejection took 16% more evaluations on the Moré-Garbow-
+# Hillstrom zoo with Newton (459 against 394) and 10% more on 1,000 2-D Rosenbrocks.
+SHRINK_MIN = 0.1
+SHRINK_MAX = 0.5
+INTERPOLATE_AFTER = 3
 
 
 class Backtracking(NamedTuple):
@@ -58,13 +68,21 @@ def backtracking_advance(
     """Consume the evaluation at the last trial point.
 
     Returns:
-      ``(search, accepted, failed)``: on rejection the step is halved for the next trial;
-      ``failed`` once ``maxls`` trials were rejected or the step underflowed.
+      ``(search, accepted, failed)``: on rejection the step is cut by safeguarded
+      quadratic interpolation for the next trial; ``failed`` once ``maxls`` trials were
+      rejected or the step underflowed.
     """
     decrease = optax.tree.vdot(search.g, optax.tree.sub(ev.x, search.x))
     accepted = ev.f <= search.f + ARMIJO_C1 * decrease
     trials = search.trials + 1
-    step_size = search.step_size * SHRINK
+    # phi(t) = f at t times the trial step: phi(0) = f, phi'(0) ~ decrease, phi(1) = ev.f.
+    # A rejection with decrease < 0 has positive curvature, so the minimizer is in (0, 0.5].
+    curvature = ev.f - search.f - decrease
+    minimizer = -decrease / (2.0 * curvature)
+    shrink = jnp.where(trials >= INTERPOLATE_AFTER, minimizer, SHRINK_MAX)
+    shrink = jnp.where(minimizer < SHRINK_MIN, SHRINK_MIN, jnp.minimum(shrink, SHRINK_MAX))
+    shrink = jnp.where(jnp.isnan(shrink), SHRINK_MAX, jnp.maximum(shrink, SHRINK_MIN))
+    step_size = search.step_size * shrink.astype(search.step_size.dtype)
     failed = ~accepted & ((trials >= maxls) | (step_size == 0))
     return search._replace(step_size=step_size, trials=trials), accepted, failed
 

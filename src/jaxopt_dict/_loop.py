@@ -196,6 +196,9 @@ def advance(
         )
     finite = jnp.isfinite(ev.f) & jnp.isfinite(g_norm)
     state, trial, outcome = _step(stepper, c.state, c.trial, ev, box, first)
+    moved = step_norm
+    if outcome.blocked_norm is not None:
+        moved = jnp.maximum(step_norm, outcome.blocked_norm.astype(step_norm.dtype))
     accepted = jnp.asarray(outcome.accepted, bool) & finite & ~first
     failed = jnp.asarray(outcome.failed, bool) & ~first
     # The evaluated point becomes the iterate: x0 on the first trip, then accepted ones.
@@ -219,7 +222,7 @@ def advance(
             ~finite,
             converged,
             accepted & reduction_small,
-            accepted & (step_norm <= xtol),
+            accepted & (moved <= xtol),
             failed,
             take & (nit >= config.maxiter),
             nfev >= maxfun,

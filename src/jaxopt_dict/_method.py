@@ -75,10 +75,15 @@ class StepOutcome(NamedTuple):
       accepted: the evaluated point becomes the new iterate (one iteration done).
       failed: the method cannot go on (its line search failed); ends the solve with
         ``Status.LINESEARCH_FAILED``.
+      blocked_norm: the inf-norm of the part of the step to the evaluated point that the
+        box cut off (projected methods without a line search). ``xtol`` judges the
+        larger of it and the change in x: x held still by a bound while the method pushes
+        on (Adam's velocity turning around) has not stopped. ``None``: nothing was cut.
     """
 
     accepted: jax.Array | bool
     failed: jax.Array | bool = False
+    blocked_norm: jax.Array | None = None
 
 
 class Stepper(NamedTuple):

@@ -6,6 +6,7 @@ safely positive definite; a backtracking line search or a fixed damped step.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -24,8 +25,11 @@ def newton_direction(hess: jax.Array, grad: jax.Array) -> jax.Array:
 
 
 def _direction(ev: Evaluation):
+    """The Newton direction; steepest descent where it is not finite (a Hessian that is
+    not finite where f and g are, as for |x|^1.5 at 0), as L-BFGS-B falls back too."""
     flat_g, unravel = ravel_pytree(ev.g)
-    return unravel(newton_direction(ev.hess, flat_g))
+    d = newton_direction(ev.hess, flat_g)
+    return unravel(jnp.where(jnp.all(jnp.isfinite(d)), d, -flat_g))
 
 
 def _fixed_stepper(learning_rate) -> Stepper:

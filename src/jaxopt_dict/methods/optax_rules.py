@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
 import optax
 
 from jaxopt_dict._method import Method, StepOutcome, Stepper
 from jaxopt_dict._options import Option
-from jaxopt_dict._tree import project
+from jaxopt_dict._tree import inf_norms, project
+
+
+class OptaxState(NamedTuple):
+    """The rule's own state, and how much of its last update the box cut off."""
+
+    opt_state: Any
+    blocked_norm: jax.Array | None  # None without bounds
 
 
 def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
@@ -25,6 +33,12 @@ def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
     updated), which rules such as ``optax.polyak_sgd`` and ``optax.contrib.reduce_on_plateau``
     need; plain transformations ignore them. A rule that needs ``value_fn`` (a line search
     calling ``fun`` itself, as ``optax.lbfgs``) cannot run here: one evaluation per trip.
+
+    With bounds, the step reports the part of the update the projection cut off
+    (``StepOutcome.blocked_norm``): Adam pressed against a bound moves x by 0 while its
+    velocity turns around, and stopped there with XTOL (``success=True``) short of an
+    interior minimum. An x that stops changing because the update rounds away is still a
+    stall (XTOL with the default ``xtol = 0``).
     """
     tx = optax.with_extra_args_support(tx)
 
@@ -39,15 +53,22 @@ def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
                 "itself, as optax.lbfgs does); jaxopt_dict evaluates fun once per trip of its "
                 "own loop. Use method='L-BFGS' (or 'L-BFGS-B') instead."
             ) from error
-        return opt_state, project(optax.apply_updates(ev.x, updates), box)
+        unclipped = optax.apply_updates(ev.x, updates)
+        x_next = project(unclipped, box)
+        blocked = None
+        if box is not None:
+            (blocked,) = inf_norms(optax.tree.sub(unclipped, x_next))
+            blocked = blocked.astype(ev.f.dtype)
+        return OptaxState(opt_state, blocked), x_next
 
     def init(ev, box):
         return advance(tx.init(ev.x), ev, box)
 
-    def step(opt_state, ev, box, first=False):
-        opt_state = optax.tree.where(first, tx.init(ev.x), opt_state)
-        opt_state, x_next = advance(opt_state, ev, box)
-        return opt_state, x_next, StepOutcome(accepted=True)
+    def step(state: OptaxState, ev, box, first=False):
+        opt_state = optax.tree.where(first, tx.init(ev.x), state.opt_state)
+        new_state, x_next = advance(opt_state, ev, box)
+        # state.blocked_norm is about the step that led to ev.x (read on accepted trips).
+        return new_state, x_next, StepOutcome(accepted=True, blocked_norm=state.blocked_norm)
 
     return Stepper(init, step, has_memory=True, step_starts=True)
 
