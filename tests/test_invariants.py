@@ -190,6 +190,30 @@ def test_steppers_without_step_starts_give_the_same_solves(name):
         chex.assert_trees_all_close(ours.x, theirs.x, rtol=1e-12, atol=1e-12)
 
 
+def test_a_stepper_without_step_starts_keeps_its_blocked_norm():
+    # The cond-based first trip rebuilt the outcome from accepted/failed only, so a user
+    # stepper reporting how much the box cut off lost it: Adam pressed against the bound
+    # at 1 stopped there with XTOL instead of coming back to the minimum 0.9.
+    inner = resolve_method("Adam").make(
+        _method_opts(resolve_method("Adam"), {"learning_rate": 0.5})
+    )
+    plain = jd.Method(
+        "Adam without step_starts",
+        lambda opts: jd.Stepper(
+            inner.init,
+            lambda state, ev, box: inner.step(state, ev, box),
+            has_memory=True,
+        ),
+        (),
+        supports_bounds=True,
+    )
+    res = jd.minimize(
+        lambda x: jnp.sum((x - 0.9) ** 2), jnp.asarray([-1.0]), method=plain, bounds=(-1.0, 1.0)
+    )
+    assert int(res.status) == jd.Status.CONVERGED, res.message
+    np.testing.assert_allclose(res.x, [0.9], atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------
 # Compilation: no recompiles for new numbers; fun traced at most twice per solve
 # ---------------------------------------------------------------------------------------

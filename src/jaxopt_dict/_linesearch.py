@@ -68,9 +68,9 @@ def backtracking_advance(
     """Consume the evaluation at the last trial point.
 
     Returns:
-      ``(search, accepted, failed)``: on rejection the step is cut by safeguarded
-      quadratic interpolation for the next trial; ``failed`` once ``maxls`` trials were
-      rejected or the step underflowed.
+      ``(search, accepted, failed)``: on rejection the step is cut for the next trial
+      (halved, or by the quadratic fit's rule above); ``failed`` once ``maxls`` trials
+      were rejected or the step underflowed.
     """
     decrease = optax.tree.vdot(search.g, optax.tree.sub(ev.x, search.x))
     accepted = ev.f <= search.f + ARMIJO_C1 * decrease

@@ -156,15 +156,21 @@ def _step(stepper: Stepper, state, trial, ev: Evaluation, box: Box | None, first
         return *like_carry(new_state, new_trial), outcome
 
     def as_arrays(outcome: StepOutcome) -> StepOutcome:
-        return StepOutcome(jnp.asarray(outcome.accepted, bool), jnp.asarray(outcome.failed, bool))
-
-    def start_here():
-        # The outcome of the first trip is not read (``advance`` masks it).
-        return *like_carry(*stepper.init(ev, box)), as_arrays(StepOutcome(False))
+        return outcome._replace(
+            accepted=jnp.asarray(outcome.accepted, bool), failed=jnp.asarray(outcome.failed, bool)
+        )
 
     def step_here():
         new_state, new_trial, outcome = stepper.step(state, ev, box)
         return *like_carry(new_state, new_trial), as_arrays(outcome)
+
+    # The first trip's outcome is not read (``advance`` masks it); zeros of the step's
+    # outcome types, so both branches agree (``blocked_norm`` may be set or not).
+    outcome_types = jax.eval_shape(step_here)[2]
+
+    def start_here():
+        outcome = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), outcome_types)
+        return *like_carry(*stepper.init(ev, box)), outcome
 
     return jax.lax.cond(first, start_here, step_here)
 

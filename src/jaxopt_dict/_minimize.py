@@ -50,7 +50,7 @@ def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None)
 
 
 # One compiled program per (method, fun, static options, callback); differentiable in args
-# and bounds by implicit differentiation at the solution (SPEC section 4).
+# and bounds by implicit differentiation at the solution (``_implicit.py``).
 _solve = jax.jit(
     with_implicit_diff(_solve_impl, lambda static: static.objective.value_and_grad),
     static_argnums=0,

@@ -25,7 +25,7 @@ How it is computed, by size (all give the same numbers up to rounding):
 * ``n <= LOOPED_MAX_N``: one column per trip of a ``lax.scan``, pivots as one-hot masks (no
   gathers), the forward substitution fused into the factorization. This inner loop is
   linear algebra, not a search: n trips for every problem of a batch, no ``fun`` inside,
-  so the driver's loop stays the only one that evaluates (SPEC section 3).
+  so the driver's loop stays the only one that evaluates.
 * larger n: LAPACK's Cholesky first; only where it fails (not finite, or a pivot below
   ``delta``) the looped factorization runs, in a ``lax.cond`` branch. LAPACK's batched
   factorizations loop over the batch one small matrix at a time, which is why small n

@@ -45,7 +45,7 @@ ALIASES = {"history_size": "maxcor"}
 
 
 def common_options(maxiter: int = 1000) -> tuple[Option, ...]:
-    """The options every method takes (SPEC section 2)."""
+    """The options every method takes: the stopping rules and the progress outputs."""
     return (
         Option("maxiter", maxiter, int, static=True, low=0),
         Option("maxfun", 15000, int, low=1),

@@ -16,19 +16,20 @@ The driver evaluates PG's objective (``PhysicsObjective.evaluate``), which at x 
 ``fun`` (the Hessian by ``jax.jacobian`` of the gradient on ``ravel_pytree(y)``, as Newton
 does), and the x-gradient ``J_physics(x)^T grad L(y)`` by one VJP. So the driver sees the
 objective ``x -> L(physics(x))``: ``res.fun`` is ``L(physics(res.x))`` and ``gtol`` applies to
-the gradient of ``L(physics(x))`` in x (SPEC section 2). The y-space quantities reach the step
+the gradient of ``L(physics(x))`` in x, as for any objective. The y-space quantities reach the step
 in ``Evaluation.aux``; the step itself only solves ``H d = -g`` (``newton_direction``,
 Newton's modified Cholesky) and applies the inverse. Nothing sits in a ``lax.cond``
 branch except, for more than 16 unknowns, that solve's fallback factorization.
 
-The numerical inverse is the one nested loop SPEC section 3 allows: the package's own driver
+The numerical inverse is the one nested loop in the package: the package's own driver
 (``_loop.run``) with the registered ``"L-BFGS"`` method, warm-started at the current x, inside
 the same compiled program. It evaluates ``physics`` only, never ``fun``. Its budget and
 tolerance are the options ``inner_maxiter`` (default 15000) and ``inner_gtol`` (default
 1e-5), scipy's ``fmin_l_bfgs_b`` defaults, which the PBDL chapter's numerical inverse uses;
 the rest are L-BFGS's defaults. On the chapter's example (float32) its iterates stay within
-3e-6 of the analytic inverse's, as the chapter's scipy version does. The inner solve is
-compiled twice (in ``init`` and in ``step``): the price of not evaluating ``fun`` twice.
+3e-6 of the analytic inverse's, as the chapter's scipy version does. The inner solve
+appears once in the program: ``step`` also does the first trip (``step_starts``), and
+``init`` is only traced for its types.
 
 ``learning_rate`` defaults to 1.0: the full Newton step in y space, which for a quadratic
 ``L`` lands on its minimizer in one iteration when the simulator can reach it. Every step is
@@ -124,7 +125,7 @@ def prepare(objective: Objective, opts: Mapping[str, Any]) -> PhysicsObjective:
 
     Raises:
       ValueError: ``options["physics"]`` is missing, or it or ``physics_inv`` is not
-        callable (a wrong option value, SPEC section 1).
+        callable (a wrong option value).
     """
     physics, physics_inv = opts["physics"], opts["physics_inv"]
     if physics is None:
@@ -132,7 +133,7 @@ def prepare(objective: Objective, opts: Mapping[str, Any]) -> PhysicsObjective:
             "method 'PG' needs options['physics']: the simulator y = physics(x); fun is the "
             "loss L(y) in its output space (options['physics_inv'], y -> x, is optional)."
         )
-    # Wrong option values, types included, are ValueErrors (SPEC section 1).
+    # Wrong option values, types included, are ValueErrors, as for every option.
     if not callable(physics):
         raise ValueError(  # noqa: TRY004
             f"options['physics'] must be callable, got {type(physics).__name__}."
