@@ -303,8 +303,9 @@ def test_newton_is_safeguarded_on_an_indefinite_hessian():
     assert float(res.fun) == pytest.approx(-0.25)
 
 
-# Backtracking cuts a rejected step by safeguarded quadratic interpolation (x0.1 to x0.5),
-# not by halving: each of these hit LINESEARCH_FAILED at iteration 0 with 20 halvings,
+# Backtracking halves a rejected step, but cuts it by 10 when a quadratic fit says it
+# overshot more than 10x, and follows the fit (within [0.1, 0.5]) from the third rejection
+# in a row. Each of these hit LINESEARCH_FAILED at iteration 0 with 20 plain halvings,
 # where scipy's trust-exact (Newton) converges.
 def _log_cosh_at_one(x):
     return jnp.sum(jnp.logaddexp(x - 1.0, 1.0 - x))

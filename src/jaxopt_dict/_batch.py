@@ -2,18 +2,19 @@
 
 Under plain ``jax.vmap`` the whole batch runs until its slowest member finishes (1,000
 2-D Rosenbrocks from random starts with L-BFGS: mean 26.6 iterations, max 44), so lanes
-idle much of the time. Here each of ``lanes`` slots runs the same driver (``_loop.start``/``advance``) as a
-single solve; when a lane's problem stops, its result is written out and the lane takes the
-next pending problem, all inside one compiled ``while_loop`` with one (vmapped) evaluation
-per trip. Throughput then follows the mean iteration count instead of the max, and each
-problem's result equals its result when solved alone (same code path; XLA may round a
-batched program differently in the last ulp).
+idle much of the time. Here each of ``lanes`` slots runs the same driver
+(``_loop.start``/``advance``) as a single solve; when a lane's problem stops, its result is
+written out and the lane takes the next pending problem, all inside one compiled
+``while_loop`` with one (vmapped) evaluation per trip. Throughput then follows the mean
+iteration count instead of the max, and each problem's result equals its result when
+solved alone (same code path; XLA may round a batched program differently in the last ulp).
 
 Each lane keeps its own copy of its problem's ``args``; every trip reads the rows of the
 next ``lanes // 2`` pending problems and writes them only into the lanes that take one (a
-free lane beyond that waits a trip). A lane that takes a new problem gets its x0 as the next trial and an
-evaluation count of 0: the next trip is that problem's first, which starts the method
-from x0 as in a single solve (``_loop.advance``), so nothing else of the lane is reset.
+free lane beyond that waits a trip). A lane that takes a new problem gets its x0 as the
+next trial and an evaluation count of 0: the next trip is that problem's first, which
+starts the method from x0 as in a single solve (``_loop.advance``), so nothing else of the
+lane is reset.
 """
 
 from __future__ import annotations

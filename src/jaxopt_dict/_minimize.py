@@ -123,7 +123,7 @@ def minimize(
       args: a tuple of pytrees passed to ``fun``; may hold traced values.
       method: a name (case-insensitive, see ``method_names()``), a ``Method``, or an
         ``optax.GradientTransformation`` run to convergence; ``None`` means the default,
-        ``"L-BFGS-B"`` (scipy's choice for a problem without constraints but with bounds).
+        ``"L-BFGS-B"``, with or without bounds (scipy's ``None`` picks BFGS without them).
       jac: ``None`` (``jax.value_and_grad``), ``True`` (``fun`` returns ``(f, grad)``), or
         a callable ``jac(x, *args)`` returning the gradient.
       bounds: ``None`` or ``(lower, upper)``; each side None, a scalar, or a pytree like x0.

@@ -33,8 +33,8 @@ def methods_with_bounds() -> list[str]:
 
 
 def resolve_method(method: str | Method | optax.GradientTransformation | None) -> Method:
-    """A ``Method`` from a name, a ``Method``, or an optax transformation; ``None`` is
-    the default, L-BFGS-B (as ``method=None`` is scipy's default).
+    """A ``Method`` from a name, a ``Method``, or an optax transformation; ``None``
+    means the default, L-BFGS-B (``method=None`` means "the default" in scipy too).
 
     Raises:
       ValueError: an unknown name (the message lists the known ones).

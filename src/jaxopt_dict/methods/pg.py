@@ -21,7 +21,7 @@ in ``Evaluation.aux``; the step itself only solves ``H d = -g`` (``newton_direct
 Newton's modified Cholesky) and applies the inverse. Nothing sits in a ``lax.cond``
 branch except, for more than 16 unknowns, that solve's fallback factorization.
 
-The numerical inverse is the one nested loop in the package: the package's own driver
+The numerical inverse is the package's one nested solve: its own driver
 (``_loop.run``) with the registered ``"L-BFGS"`` method, warm-started at the current x, inside
 the same compiled program. It evaluates ``physics`` only, never ``fun``. Its budget and
 tolerance are the options ``inner_maxiter`` (default 15000) and ``inner_gtol`` (default
