@@ -160,11 +160,9 @@ def test_first_trip_step_behaves_as_init(name, overrides, bounded):
         assert not np.allclose(ravel_pytree(stale)[0], ravel_pytree(state0)[0])
 
 
-@pytest.mark.parametrize("name", ["GD", "Adam", "L-BFGS-B"])
-def test_steppers_without_step_starts_give_the_same_solves(name):
-    """A user stepper without ``step_starts`` (``init`` runs on the first trip, ``step``
-    on the others) solves exactly as the built-in one that starts inside ``step``."""
-    method = resolve_method(name)
+def _without_step_starts(method: jd.Method) -> jd.Method:
+    """``method`` as a user would write it without ``step_starts``: ``init`` on the first
+    trip (in the driver's ``lax.cond``), ``step`` on the others."""
 
     def make(opts):
         inner = method.make(opts)
@@ -175,7 +173,14 @@ def test_steppers_without_step_starts_give_the_same_solves(name):
             has_memory=inner.has_memory,
         )
 
-    plain = method._replace(name=f"{name} without step_starts", make=make)
+    return method._replace(name=f"{method.name} without step_starts", make=make)
+
+
+@pytest.mark.parametrize("name", ["GD", "Adam", "L-BFGS-B"])
+def test_steppers_without_step_starts_give_the_same_solves(name):
+    """A user stepper without ``step_starts`` (``init`` runs on the first trip, ``step``
+    on the others) solves exactly as the built-in one that starts inside ``step``."""
+    plain = _without_step_starts(resolve_method(name))
     options = {"learning_rate": 0.05} if name == "Adam" else {}
     starts = jax.tree.map(lambda v: jnp.stack([v, 0.5 * v - 1.0]), QUAD_MIXED.x0())
 
@@ -194,21 +199,12 @@ def test_a_stepper_without_step_starts_keeps_its_blocked_norm():
     # The cond-based first trip rebuilt the outcome from accepted/failed only, so a user
     # stepper reporting how much the box cut off lost it: Adam pressed against the bound
     # at 1 stopped there with XTOL instead of coming back to the minimum 0.9.
-    inner = resolve_method("Adam").make(
-        _method_opts(resolve_method("Adam"), {"learning_rate": 0.5})
-    )
-    plain = jd.Method(
-        "Adam without step_starts",
-        lambda opts: jd.Stepper(
-            inner.init,
-            lambda state, ev, box: inner.step(state, ev, box),
-            has_memory=True,
-        ),
-        (),
-        supports_bounds=True,
-    )
     res = jd.minimize(
-        lambda x: jnp.sum((x - 0.9) ** 2), jnp.asarray([-1.0]), method=plain, bounds=(-1.0, 1.0)
+        lambda x: jnp.sum((x - 0.9) ** 2),
+        jnp.asarray([-1.0]),
+        method=_without_step_starts(resolve_method("Adam")),
+        bounds=(-1.0, 1.0),
+        options={"learning_rate": 0.5},
     )
     assert int(res.status) == jd.Status.CONVERGED, res.message
     np.testing.assert_allclose(res.x, [0.9], atol=1e-4)

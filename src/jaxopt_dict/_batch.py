@@ -225,10 +225,6 @@ def minimize_batch(
             "by all problems takes args_axes=None)."
         )
     (n_problems,) = sizes
-    if options is not None and not isinstance(options, Mapping):
-        raise TypeError(f"options must be a dict, got {type(options).__name__}.")
-    if options and (options.get("disp") or options.get("trace")):
-        raise ValueError("minimize_batch does not take disp or trace; use jax.vmap(minimize).")
     lanes = min(n_problems, 256 if lanes is None else int(lanes))
     if lanes < 1:
         raise ValueError(f"lanes must be >= 1, got {lanes}.")
@@ -236,6 +232,8 @@ def minimize_batch(
     static, _, dynamic, box = prepare_solve(
         fun, _take(x0, 0), one_problem, method, jac, bounds, tol, options, None
     )
+    if options and (options.get("disp") or options.get("trace")):  # a dict by now
+        raise ValueError("minimize_batch does not take disp or trace; use jax.vmap(minimize).")
     x0 = jax.tree.map(jnp.asarray, x0)
     return _solve_queue((static, lanes, args_axes), x0, args, dynamic, box)
 

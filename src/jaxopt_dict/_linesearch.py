@@ -79,9 +79,10 @@ def backtracking_advance(
     # A rejection with decrease < 0 has positive curvature, so the minimizer is in (0, 0.5].
     curvature = ev.f - search.f - decrease
     minimizer = -decrease / (2.0 * curvature)
-    shrink = jnp.where(trials >= INTERPOLATE_AFTER, minimizer, SHRINK_MAX)
-    shrink = jnp.where(minimizer < SHRINK_MIN, SHRINK_MIN, jnp.minimum(shrink, SHRINK_MAX))
-    shrink = jnp.where(jnp.isnan(shrink), SHRINK_MAX, jnp.maximum(shrink, SHRINK_MIN))
+    halve_or_cut = jnp.where(minimizer < SHRINK_MIN, SHRINK_MIN, SHRINK_MAX)
+    fit = jnp.clip(minimizer, SHRINK_MIN, SHRINK_MAX)
+    shrink = jnp.where(trials >= INTERPOLATE_AFTER, fit, halve_or_cut)
+    shrink = jnp.where(jnp.isnan(shrink), SHRINK_MAX, shrink)  # 0/0: no fit, halve
     step_size = search.step_size * shrink.astype(search.step_size.dtype)
     failed = ~accepted & ((trials >= maxls) | (step_size == 0))
     return search._replace(step_size=step_size, trials=trials), accepted, failed
