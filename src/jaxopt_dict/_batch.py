@@ -191,7 +191,8 @@ def minimize_batch(
       args: a tuple of pytrees; those batched (see ``args_axes``) have the leading batch
         axis B on every leaf, the others are shared by all problems.
       bounds: as for ``minimize``, shared by all problems (no batch axis).
-      lanes: how many problems are in flight at once (default ``min(B, 256)``).
+      lanes: how many problems are in flight at once, a positive int (default
+        ``min(B, 256)``).
       args_axes: per arg, 0 (batched along its leading axis) or ``None`` (the same for
         every problem, as ``jax.vmap``'s ``in_axes=None``: one design matrix for many
         targets is passed once, not copied B times); one value applies to all args.
@@ -210,24 +211,18 @@ def minimize_batch(
       >>> jnp.round(res.x, 4).tolist()
       [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
     """
+    if lanes is not None:
+        if isinstance(lanes, (bool, np.bool_)) or not isinstance(lanes, (int, np.integer)):
+            raise TypeError(f"lanes must be a positive int (or None), got {lanes!r}.")
+        if lanes < 1:
+            raise ValueError(f"lanes must be a positive int (or None), got {lanes!r}.")
     if not isinstance(args, tuple):
         raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
     args_axes = _normalize_args_axes(args_axes, len(args))
-    batched_args = [a for a, axis in zip(args, args_axes) if axis == 0]
-    leaves = jax.tree.leaves(x0) + jax.tree.leaves(batched_args)
     if not jax.tree.leaves(x0):
         raise ValueError("x0 has no array leaves: there is nothing to optimize.")
-    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
-    if len(sizes) != 1 or None in sizes:
-        raise ValueError(
-            "minimize_batch needs a leading batch axis of one length on every leaf of x0 and "
-            f"of the batched args; got leading sizes {sorted(map(str, sizes))} (an arg shared "
-            "by all problems takes args_axes=None)."
-        )
-    (n_problems,) = sizes
+    n_problems = _batch_size(x0, args, args_axes)
     lanes = min(n_problems, 256 if lanes is None else int(lanes))
-    if lanes < 1:
-        raise ValueError(f"lanes must be >= 1, got {lanes}.")
     one_problem = tuple(_take(a, 0) if axis == 0 else a for a, axis in zip(args, args_axes))
     static, _, dynamic, box = prepare_solve(
         fun, _take(x0, 0), one_problem, method, jac, bounds, tol, options, None
@@ -236,6 +231,43 @@ def minimize_batch(
         raise ValueError("minimize_batch does not take disp or trace; use jax.vmap(minimize).")
     x0 = jax.tree.map(jnp.asarray, x0)
     return _solve_queue((static, lanes, args_axes), x0, args, dynamic, box)
+
+
+def _batch_size(x0: PyTree, args: tuple, args_axes: tuple[int | None, ...]) -> int:
+    """B: the leading axis length shared by every leaf of x0 and of the batched args.
+
+    Raises:
+      ValueError: a leaf without a leading axis, leaves with different lengths (the message
+        names the key paths), or B = 0.
+    """
+    labelled = {
+        f"x0{jax.tree_util.keystr(path)}": leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(x0)
+    }
+    for i, (arg, axis) in enumerate(zip(args, args_axes)):
+        if axis == 0:
+            for path, leaf in jax.tree_util.tree_leaves_with_path(arg):
+                labelled[f"args[{i}]{jax.tree_util.keystr(path)}"] = leaf
+    by_size: dict[int | None, list[str]] = {}
+    for name, leaf in labelled.items():
+        by_size.setdefault(np.shape(leaf)[0] if np.ndim(leaf) else None, []).append(name)
+    if len(by_size) != 1 or None in by_size:
+        found = "; ".join(
+            f"{'no axis (a scalar)' if size is None else f'B = {size}'}: {', '.join(names)}"
+            for size, names in by_size.items()
+        )
+        raise ValueError(
+            "minimize_batch needs a leading batch axis of one length B on every leaf of x0 and "
+            f"of the batched args; got {found} (an arg shared by all problems takes "
+            "args_axes=None)."
+        )
+    (n_problems,) = by_size
+    if n_problems == 0:
+        raise ValueError(
+            "minimize_batch got an empty batch (B = 0: the leading axis of x0's leaves has "
+            "length 0): there is no problem to solve."
+        )
+    return n_problems
 
 
 def _normalize_args_axes(args_axes, n_args: int) -> tuple[int | None, ...]:

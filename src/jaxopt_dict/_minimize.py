@@ -95,6 +95,20 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback):
             if any(spec.name == name for spec in specs):
                 options.setdefault(name, tol)
     values = resolve_options(method_rec.name, specs, options)
+    if values.get("trace"):
+        # The trace holds x and f for iterations 0..maxiter, allocated up front: refuse a
+        # buffer no one meant to ask for (n = 1e5 float64 at maxiter 15000 is 12 GB). f's
+        # dtype is taken as x0's leaves' promoted one (its share is negligible anyway).
+        x0_leaves = jax.tree.leaves(x0)
+        row_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in x0_leaves)
+        row_bytes += jnp.result_type(*x0_leaves).itemsize
+        trace_bytes = (values["maxiter"] + 1) * row_bytes
+        if trace_bytes > 2**30:
+            raise ValueError(
+                f"options['trace'] would allocate {trace_bytes / 1e9:.1f} GB up front "
+                f"(x and f for iterations 0..maxiter={values['maxiter']}); lower "
+                "options['maxiter'], or drop trace."
+            )
     if method_rec.prepare is not None:  # PG: requires physics; its driver sees L(physics(x)).
         objective = method_rec.prepare(objective, values)
     objective.check(x0, args)

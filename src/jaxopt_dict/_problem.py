@@ -28,7 +28,8 @@ def canonicalize_x0(x0: PyTree) -> PyTree:
     """Check that every leaf of ``x0`` is a real floating array and make it a jax array.
 
     Raises:
-      TypeError: an integer, boolean, complex or non-numeric leaf.
+      TypeError: an integer, boolean, complex or non-numeric leaf, or a half-precision
+        (float16, bfloat16) one.
       ValueError: ``x0`` has no leaves.
     """
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(x0)
@@ -49,6 +50,11 @@ def canonicalize_x0(x0: PyTree) -> PyTree:
             raise TypeError(
                 f"x0{_path(path)} has dtype {dtype}; x0 must hold real floating arrays "
                 "(float32 or float64)."
+            )
+        if jnp.finfo(dtype).bits < 32:
+            raise TypeError(
+                f"x0{_path(path)} has dtype {dtype}: the stopping tests (gtol, ftol, one ulp "
+                "of f) cannot be resolved in half precision; use float32 (or float64)."
             )
         leaves.append(jnp.asarray(leaf))
     return jax.tree_util.tree_unflatten(treedef, leaves)
@@ -95,35 +101,132 @@ def _bound_side(side: Any, x0: PyTree, name: str, fill: float) -> PyTree:
     return jax.tree_util.tree_unflatten(x_def, out)
 
 
+def _is_scalar_bound(value: Any) -> bool:
+    """``None``, a number, or a 0-d array (concrete or traced): one side of a scipy pair."""
+    if value is None or isinstance(value, (int, float, np.number)):
+        return True
+    return isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
+
+
+def _is_scipy_pair(item: Any) -> bool:
+    """A ``(lo, hi)`` pair of scipy's sequence-of-pairs format."""
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and all(_is_scalar_bound(v) for v in item)
+    )
+
+
+def _from_pairs(pairs: tuple | list, x0: PyTree) -> tuple[PyTree, PyTree]:
+    """scipy's ``[(lo, hi), ...]``, one pair per coordinate in ``ravel_pytree`` order, as
+    ``(lower, upper)`` pytrees with x0's structure (``None`` = unbounded on that side)."""
+    flat, unravel = ravel_pytree(x0)
+    lower = [-jnp.inf if lo is None else lo for lo, _ in pairs]
+    upper = [jnp.inf if hi is None else hi for _, hi in pairs]
+    return unravel(jnp.asarray(lower, flat.dtype)), unravel(jnp.asarray(upper, flat.dtype))
+
+
+def _from_flat(values: Any, x0: PyTree, name: str, fill: float) -> PyTree:
+    """One side of a ``scipy.optimize.Bounds`` (a scalar or an array over x0's flattened
+    coordinates, in ``ravel_pytree`` order) as a pytree with x0's structure."""
+    flat, unravel = ravel_pytree(x0)
+    if values is None:
+        values = fill
+    try:
+        fits = np.broadcast_shapes(np.shape(values), flat.shape) == flat.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"Bounds.{name} has shape {np.shape(values)}; a scipy.optimize.Bounds takes a "
+            f"scalar or an array of x0's flattened size ({flat.size},), in ravel_pytree order."
+        )
+    return unravel(jnp.broadcast_to(jnp.asarray(values, flat.dtype), flat.shape))
+
+
+def _lower_upper(bounds: Any, x0: PyTree) -> tuple[Any, Any]:
+    """``(lower, upper)`` from any of the accepted formats (SPEC section 1), never guessing:
+    a ``scipy.optimize.Bounds`` (duck-typed: ``lb`` and ``ub``); scipy's sequence of
+    ``(lo, hi)`` pairs, one per coordinate (it wins where ``(lower, upper)`` could also
+    apply: x0 with two coordinates); else ``(lower, upper)``."""
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub") and not isinstance(bounds, (tuple, list)):
+        return _from_flat(bounds.lb, x0, "lb", -jnp.inf), _from_flat(bounds.ub, x0, "ub", jnp.inf)
+    if not isinstance(bounds, (tuple, list)):
+        raise ValueError(
+            "bounds must be None, a pair (lower, upper) (each side None, a scalar, or a pytree "
+            "with x0's structure), a sequence of (lo, hi) pairs, one per coordinate of x0, or "
+            f"a scipy.optimize.Bounds; got {type(bounds).__name__}."
+        )
+    if bounds and all(_is_scipy_pair(item) for item in bounds):
+        n_coordinates = optax.tree.size(x0)
+        if len(bounds) == n_coordinates:
+            return _from_pairs(bounds, x0)
+        two_sides_like_x0 = len(bounds) == 2 and all(
+            jax.tree.structure(side, is_leaf=lambda v: v is None) == jax.tree.structure(x0)
+            for side in bounds
+        )
+        if not two_sides_like_x0:  # (lower, upper) cannot apply either: not a guess.
+            raise ValueError(
+                f"bounds is a sequence of {len(bounds)} (lo, hi) pairs (scipy's format), but "
+                f"x0 has {n_coordinates} coordinates: expected {n_coordinates} pairs, one per "
+                "coordinate of x0 in flattened (ravel_pytree) order."
+            )
+    if len(bounds) != 2:
+        raise ValueError(
+            "bounds must be None, a pair (lower, upper) (each side None, a scalar, or a pytree "
+            "with x0's structure), a sequence of (lo, hi) pairs, one per coordinate of x0, or "
+            f"a scipy.optimize.Bounds; got a sequence of length {len(bounds)}."
+        )
+    return bounds[0], bounds[1]
+
+
 def canonicalize_bounds(bounds: Any, x0: PyTree) -> Box | None:
-    """``None`` or ``(lower, upper)`` -> a ``Box`` of full pytrees, or ``None`` if unbounded.
+    """The user's ``bounds`` -> a ``Box`` of full pytrees, or ``None`` if unbounded.
+
+    Accepts ``None``, ``(lower, upper)``, scipy's sequence of ``(lo, hi)`` pairs and a
+    ``scipy.optimize.Bounds`` (see ``_lower_upper``). Bounds infinite everywhere (and
+    concrete) are no bounds: ``None``, so that every method accepts them.
 
     Raises:
-      ValueError: not a pair, structure or shape mismatch (naming the key path), or
-        lower > upper (checked where both are concrete; traced bounds are trusted).
+      ValueError: a format that is none of these, a pair count that is not x0's coordinate
+        count, structure or shape mismatch (naming the key path), NaN, a lower bound of
+        +inf, an upper bound of -inf, or lower > upper (checked where concrete; traced
+        bounds are trusted).
     """
     if bounds is None:
         return None
-    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
-        raise ValueError(
-            "bounds must be None or a pair (lower, upper); each side None, a scalar, or a "
-            "pytree with x0's structure."
+    # Concrete bounds stay concrete inside a user's jit (and get checked); traced ones trace.
+    with jax.ensure_compile_time_eval():
+        lower, upper = _lower_upper(bounds, x0)
+        if lower is None and upper is None:
+            return None
+        box = Box(
+            _bound_side(lower, x0, "lower", -jnp.inf), _bound_side(upper, x0, "upper", jnp.inf)
         )
-    lower, upper = bounds
-    if lower is None and upper is None:
-        return None
-    box = Box(_bound_side(lower, x0, "lower", -jnp.inf), _bound_side(upper, x0, "upper", jnp.inf))
+    unbounded = True  # every bound concrete and infinite
     for (path, lo), hi in zip(
         jax.tree_util.tree_flatten_with_path(box.lower)[0], jax.tree.leaves(box.upper)
     ):
         if isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer):
+            unbounded = False
             continue
         lo, hi = np.asarray(lo), np.asarray(hi)
         if np.isnan(lo).any() or np.isnan(hi).any():
             raise ValueError(f"bounds{_path(path)} contain NaN.")
+        if (lo == np.inf).any():
+            raise ValueError(
+                f"bounds lower{_path(path)} is +inf at some entries: no point lies above it "
+                "(-inf, or None, means no lower bound)."
+            )
+        if (hi == -np.inf).any():
+            raise ValueError(
+                f"bounds upper{_path(path)} is -inf at some entries: no point lies below it "
+                "(+inf, or None, means no upper bound)."
+            )
         if (lo > hi).any():
             raise ValueError(f"bounds{_path(path)}: lower > upper at some entries.")
-    return box
+        unbounded = unbounded and bool((lo == -np.inf).all() and (hi == np.inf).all())
+    return None if unbounded else box
 
 
 def _abstract(tree: PyTree) -> PyTree:

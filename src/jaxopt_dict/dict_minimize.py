@@ -25,20 +25,24 @@ returns ``(value, grad_dict)``, as there). What carries over, and what differs:
   ``iprint``, ``finite_diff_rel_step``) are accepted and ignored, as ``jac=True`` makes
   them irrelevant there too.
 - Arithmetic is done in x0's dtypes (scipy works in float64 whatever the framework uses).
+- A solve that does not succeed (``maxiter`` reached, a failed line search, ...) emits a
+  ``RuntimeWarning`` naming the status and its message: the returned dict has no status.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from jaxopt_dict._minimize import minimize as _minimize
-from jaxopt_dict._result import OptimizeResult
-from jaxopt_dict.methods import method_names
+from jaxopt_dict._result import OptimizeResult, Status
+from jaxopt_dict.methods import closest_method, method_names
 
 DEFAULT_METHOD = "L-BFGS-B"
 
@@ -85,9 +89,11 @@ def _method_name(method: str | None) -> str:
         return DEFAULT_METHOD
     names = method_names()
     if not isinstance(method, str) or method.lower() not in {n.lower() for n in names}:
+        suggestion = closest_method(method) if isinstance(method, str) else None
+        hint = f" Did you mean {suggestion!r}?" if suggestion else ""
         raise ValueError(
             f"jaxopt_dict.dict_minimize has no method {method!r} (scipy's methods other than "
-            f"L-BFGS-B are not provided). Methods it has: {', '.join(names)}."
+            f"L-BFGS-B are not provided).{hint} Methods it has: {', '.join(names)}."
         )
     return method
 
@@ -151,7 +157,9 @@ def minimize(
       options: the method's options (``maxiter``, ``maxfun``, ``disp``, ...).
 
     Returns:
-      The solution as an ``OrderedDict`` with x0_dict's keys, shapes and dtypes.
+      The solution as an ``OrderedDict`` with x0_dict's keys, shapes and dtypes. A solve
+      that did not succeed (e.g. ``maxiter`` reached) emits a ``RuntimeWarning`` naming the
+      status and its message, as the dict carries no status.
 
     Raises:
       ValueError: an unknown method (the message names the available ones), bounds with
@@ -193,7 +201,21 @@ def minimize(
         options=_options(name, options),
         callback=callback_,
     )
+    _warn_unless_success(res)
     return OrderedDict((k, res.x[k]) for k in x0)
+
+
+def _warn_unless_success(res: OptimizeResult) -> None:
+    """Warn when the solve did not succeed: the returned dict carries no status, so this is
+    the only way a caller learns it (skipped under a user's ``jit``, where it is unknown)."""
+    if isinstance(res.success, jax.core.Tracer) or bool(res.success):
+        return
+    warnings.warn(
+        f"jaxopt_dict.dict_minimize: the solve did not succeed "
+        f"({Status(int(res.status)).name}: {res.message}); the last iterate is returned.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 __all__ = ["minimize"]

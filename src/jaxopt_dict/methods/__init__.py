@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 import optax
 
 from jaxopt_dict._method import Method
@@ -32,12 +34,34 @@ def methods_with_bounds() -> list[str]:
     return [m.name for m in _REGISTRY.values() if m.supports_bounds]
 
 
+def _normalized(name: str) -> str:
+    """A method name without case, '-', '_' or spaces: 'l_bfgs_b' and 'L-BFGS-B' agree."""
+    return "".join(c for c in name.lower() if c not in "-_ ")
+
+
+def closest_method(name: str) -> str | None:
+    """The registered method name closest to an unknown ``name``, or ``None`` if none is
+    close: an equal normalized form first, then difflib on the normalized and on the raw
+    lowercase names."""
+    names = method_names()
+    by_normalized = {_normalized(n): n for n in names}
+    if _normalized(name) in by_normalized:
+        return by_normalized[_normalized(name)]
+    by_lower = {n.lower(): n for n in names}
+    for query, table in ((_normalized(name), by_normalized), (name.lower(), by_lower)):
+        close = difflib.get_close_matches(query, list(table), n=1)
+        if close:
+            return table[close[0]]
+    return None
+
+
 def resolve_method(method: str | Method | optax.GradientTransformation | None) -> Method:
     """A ``Method`` from a name, a ``Method``, or an optax transformation; ``None``
     means the default, L-BFGS-B (``method=None`` means "the default" in scipy too).
 
     Raises:
-      ValueError: an unknown name (the message lists the known ones).
+      ValueError: an unknown name (the message suggests the closest known one and lists
+        them all).
       TypeError: anything else.
     """
     if method is None:
@@ -49,8 +73,10 @@ def resolve_method(method: str | Method | optax.GradientTransformation | None) -
     if isinstance(method, str):
         found = _REGISTRY.get(method.lower())
         if found is None:
+            suggestion = closest_method(method)
+            hint = f" Did you mean {suggestion!r}?" if suggestion else ""
             raise ValueError(
-                f"Unknown method {method!r}. Known methods: {', '.join(method_names())}; "
+                f"Unknown method {method!r}.{hint} Known methods: {', '.join(method_names())}; "
                 "or pass an optax.GradientTransformation or a jaxopt_dict.Method."
             )
         return found
