@@ -16,7 +16,9 @@ optimization software", ACM TOMS 7 (1981) 17-41 (problem numbers below are their
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -505,17 +507,29 @@ def _structure(p: Problem) -> tuple:
     return (p.bounds is not None, tuple(sorted(p.shapes.items())))
 
 
+# Evaluations outside the box, by problem name.
+OUTSIDE_THE_BOX: collections.Counter = collections.Counter()
+
+
+def _count_outside(names: list[str], index, inside) -> None:
+    if not bool(inside):
+        OUTSIDE_THE_BOX[names[int(index)]] += 1
+
+
 def _dispatcher(group: list[Problem]) -> Callable:
     funs = [p.fun for p in group]
+    count_outside = functools.partial(_count_outside, [p.name for p in group])
 
     def fun(x, index, lower=None, upper=None):
         value = jax.lax.switch(index, funs, x)
         if lower is None:
             return value
-        # NaN anywhere outside the box: an evaluation there would end the solve with
-        # Status.NONFINITE, so a bounded solve that succeeds never evaluated outside.
+        # NaN anywhere outside the box (a line search would back away from it), and each
+        # such evaluation counted on the host: ``OUTSIDE_THE_BOX`` must stay empty.
         inside = [jnp.all((x[k] >= lower[k]) & (x[k] <= upper[k])) for k in sorted(x)]
-        return jnp.where(jnp.all(jnp.stack(inside)), value, jnp.nan)
+        inside = jnp.all(jnp.stack(inside))
+        jax.debug.callback(count_outside, index, inside)
+        return jnp.where(inside, value, jnp.nan)
 
     fun.__name__ = fun.__qualname__ = "dispatch_" + "_".join(p.name for p in group)
     return fun

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from problems import METHODS, QUAD_MIXED, quad_mixed
+from problems import FIXED_STEP_METHODS, METHODS, QUAD_MIXED, quad_mixed
 
 import jaxopt_dict as jd
 import jaxopt_dict._minimize
@@ -350,8 +350,9 @@ def _fixed_step_path(method_id, x0, steps):
 
 
 @pytest.mark.parametrize("bad", list(BAD_VALUES))
-@pytest.mark.parametrize("method_id", list(METHODS))
+@pytest.mark.parametrize("method_id", FIXED_STEP_METHODS)
 def test_nonfinite_mid_solve_returns_the_last_finite_iterate(method_id, bad):
+    """Without a line search, the first non-finite iterate ends the solve."""
     name, options = METHODS[method_id]
     fun = NAN_FUN[method_id]
     x0 = jnp.asarray([-2.0, 0.5])
@@ -372,6 +373,23 @@ def test_nonfinite_mid_solve_returns_the_last_finite_iterate(method_id, bad):
         assert int(res.nit) == last_finite
         assert int(res.nfev) == first_bad + 1  # x0 and the steps up to the bad point
         np.testing.assert_allclose(x, path[last_finite], rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", list(BAD_VALUES))
+@pytest.mark.parametrize("method_id", ["GD-linesearch", "Newton-linesearch"])
+def test_line_search_backs_away_from_the_bad_region(method_id, bad):
+    """A line search rejects trials in the bad region (SPEC section 2) and goes on up to
+    its edge: the minimum (1, 1) lies beyond x[0] = 0.9, so the solve ends at the wall
+    with x[0] near 0.9 (GD with FTOL, Newton when a search finds no finite trial), never
+    inside the bad region (before: NONFINITE at the first bad trial)."""
+    name, options = METHODS[method_id]
+    fun = NAN_FUN[method_id]
+    x0 = jnp.asarray([-2.0, 0.5])
+    res = jd.minimize(fun, x0, args=(BAD_VALUES[bad],), method=name, options=options)
+    x = np.asarray(res.x)
+    assert np.all(np.isfinite(x)) and np.isfinite(float(res.fun))
+    assert 0.85 < x[0] <= THRESHOLD, (x, res.message)
+    np.testing.assert_allclose(float(res.fun), float(fun(res.x, 0.0)), rtol=1e-12)
 
 
 def sqrt_abs(x):

@@ -187,7 +187,8 @@ def test_status_enum():
         "LINESEARCH_FAILED": (2, False),
         "NONFINITE": (3, False),
         "FTOL": (4, True),
-        "XTOL": (5, True),
+        "XTOL": (5, True),  # FTOL and XTOL: success only after progress (res.success)
+        "CALLBACK_STOP": (6, False),
     }
     assert issubclass(jd.Status, int)
     assert {s.name: (int(s), s.success) for s in jd.Status} == expected
@@ -197,6 +198,7 @@ def test_status_enum():
     assert "gtol" in jd.Status.CONVERGED.message
     assert "ftol" in jd.Status.FTOL.message
     assert "xtol" in jd.Status.XTOL.message
+    assert "StopIteration" in jd.Status.CALLBACK_STOP.message
 
 
 def test_method_names_are_case_insensitive():
@@ -950,7 +952,9 @@ def test_default_xtol_zero_stops_when_the_iterate_stops_changing():
         tiny_curvature, x0, method="GD", options={"learning_rate": 0.01, "gtol": 1e-9}
     )
     assert int(res.status) == jd.Status.XTOL, res.message
-    assert bool(res.success)
+    # x never moved, so f never went below f(x0): a stall, not a success (SPEC section 2).
+    assert not bool(res.success)
+    assert "stall" in res.message
     assert int(res.nit) == 1
     np.testing.assert_array_equal(np.asarray(res.x), np.asarray(x0))
 

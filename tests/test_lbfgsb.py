@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize as so
-from problems_lbfgs import ALL, BY_NAME, dispatcher
+from problems_lbfgs import ALL, BY_NAME, OUTSIDE_THE_BOX, dispatcher
 from scipy.optimize._dcsrch import DCSRCH
 
 import jaxopt_dict as jd
@@ -31,8 +31,7 @@ from jaxopt_dict._tree import projected_gradient
 from jaxopt_dict.methods import lbfgsb
 from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N
 
-# scipy's dcsrch evaluates a trial where exp overflows and bisects away from it; here
-# a non-finite evaluation ends the solve (SPEC section 7), so this one stops early.
+# exp overflows at trial points of the line search (SPEC section 2: rejected trials).
 OVERFLOWS_IN_LINE_SEARCH = {"jennrich_sampson"}
 # Short, well-conditioned runs whose iterates match scipy's to rounding: same counts.
 EXACT_COUNTS = [
@@ -79,8 +78,11 @@ def test_zoo_against_scipy(name):
     x = p.flatten(res.x)
     assert np.all(np.isfinite(x)) and np.isfinite(float(res.fun))
     if name in OVERFLOWS_IN_LINE_SEARCH:
-        assert int(res.status) == jd.Status.NONFINITE
-        assert float(res.fun) <= float(p.fun_np(p.flatten(p.x0)))
+        # exp overflows at trial points: the search backs away from them and the solve
+        # reaches the minimum (124.362 [6]); scipy's stops at 214.3 (FTOL) after them.
+        assert bool(res.success), res.message
+        np.testing.assert_allclose(float(res.fun), p.f_star, rtol=1e-8)
+        assert float(res.fun) < ref.fun
         return
     if ref.success:
         assert bool(res.success), res.message
@@ -125,12 +127,13 @@ def test_median_nfev_ratio():
 
 
 def test_no_evaluation_outside_the_box():
-    """The bounded zoo objectives are NaN outside their boxes (``dispatcher``), so any
-    evaluation outside would have ended a solve with NONFINITE."""
+    """The bounded zoo objectives count every evaluation outside their boxes
+    (``dispatcher``): none, and every bounded solve succeeds."""
     for p in ALL:
         if p.bounds is not None:
             res = our_result(p.name)
-            assert int(res.status) != jd.Status.NONFINITE and bool(res.success), p.name
+            assert bool(res.success), p.name
+    assert not OUTSIDE_THE_BOX, dict(OUTSIDE_THE_BOX)
 
 
 # Unbounded problems of at most ``TWO_LOOP_MAX_N`` variables take the two-loop stepper

@@ -73,6 +73,8 @@ def backtracking_advance(
       were rejected or the step underflowed.
     """
     decrease = optax.tree.vdot(search.g, optax.tree.sub(ev.x, search.x))
+    # A trial where f or g is not finite arrives with f = +inf (the driver's rule): it
+    # fails this test and is cut like any rejection, halved (the fit has nothing to fit).
     accepted = ev.f <= search.f + ARMIJO_C1 * decrease
     trials = search.trials + 1
     # phi(t) = f at t times the trial step: phi(0) = f, phi'(0) ~ decrease, phi(1) = ev.f.
@@ -82,7 +84,8 @@ def backtracking_advance(
     halve_or_cut = jnp.where(minimizer < SHRINK_MIN, SHRINK_MIN, SHRINK_MAX)
     fit = jnp.clip(minimizer, SHRINK_MIN, SHRINK_MAX)
     shrink = jnp.where(trials >= INTERPOLATE_AFTER, fit, halve_or_cut)
-    shrink = jnp.where(jnp.isnan(shrink), SHRINK_MAX, shrink)  # 0/0: no fit, halve
+    # 0/0 (no fit) or a trial that was not finite: halve.
+    shrink = jnp.where(jnp.isnan(shrink) | ~jnp.isfinite(ev.f), SHRINK_MAX, shrink)
     step_size = search.step_size * shrink.astype(search.step_size.dtype)
     failed = ~accepted & ((trials >= maxls) | (step_size == 0))
     return search._replace(step_size=step_size, trials=trials), accepted, failed
@@ -116,7 +119,7 @@ def backtracking_stepper(
         search = optax.tree.where(accepted | first, restarted, search)
         return search, backtracking_trial(search, box), StepOutcome(accepted, failed)
 
-    return Stepper(init, step, uses_ftol=True, step_starts=True)
+    return Stepper(init, step, uses_ftol=True, step_starts=True, rejects_nonfinite=True)
 
 
 # --- Moré–Thuente strong-Wolfe search (MINPACK-2 ``dcsrch``) as a state machine. -------
@@ -315,14 +318,21 @@ def more_thuente_advance(
       ``(search, task)`` with ``task`` a ``WolfeTask`` code (int32). On ``CONTINUE``,
       ``more_thuente_step(search)`` is the next step to evaluate; otherwise the evaluated
       step stands (a warning means it is the best the search could do, as in dcsrch).
+
+    A step where f or f' is not finite is a rejected trial (dcsrch has no such case): it
+    becomes the far end of the bracket, ``sty`` with ``fy = +inf``, and the next trial
+    halves the distance from the best step ``stx`` toward it. Later interpolations that
+    would use ``fy`` (not finite) bisect the bracket instead, so no step at or beyond it
+    is tried again. A finite search takes exactly dcsrch's steps.
     """
     s = search
     dtype = s.raw.dtype
     f, g = jnp.asarray(f, dtype), jnp.asarray(g, dtype)
+    finite = jnp.isfinite(f) & jnp.isfinite(g)
     stp = more_thuente_step(s, xtol)
     stmin, stmax = _interval(s)
     ftest = s.finit + stp * s.gtest
-    stage2 = s.stage2 | ((f <= ftest) & (g >= 0))
+    stage2 = s.stage2 | (finite & (f <= ftest) & (g >= 0))
     task = jnp.select(
         [
             (f <= ftest) & (jnp.abs(g) <= gtol * (-s.ginit)),
@@ -340,6 +350,7 @@ def more_thuente_advance(
         ],
         WolfeTask.CONTINUE,
     ).astype(jnp.int32)
+    task = jnp.where(finite, task, WolfeTask.CONTINUE)
 
     # In the first stage, while f is lower than at stx but without sufficient decrease,
     # interpolate the modified function psi(a) = f(a) - f(0) - a * gtest (sec. 3).
@@ -359,9 +370,18 @@ def more_thuente_advance(
         stmax,
     )
     fx, fy, gx, gy = fx + stx * shift, fy + sty * shift, gx + shift, gy + shift
-    # Bisect when the bracket did not shrink enough over two steps.
+    # Bisect when the bracket did not shrink enough over two steps, or when the
+    # interpolation used the value at a non-finite end of it (case 4 of dcstep).
     span = jnp.abs(sty - stx)
-    raw = jnp.where(bracketed & (span >= 0.66 * s.width1), stx + 0.5 * (sty - stx), raw)
+    bisect = bracketed & ((span >= 0.66 * s.width1) | ~jnp.isfinite(fy))
+    raw = jnp.where(bisect, stx + 0.5 * (sty - stx), raw)
+    # A non-finite trial: the bracket's far end, halfway there next.
+    fy, gy = jnp.where(finite, fy, jnp.inf), jnp.where(finite, gy, 0.0)
+    sty = jnp.where(finite, sty, stp)
+    stx, fx, gx = (jnp.where(finite, new, old) for new, old in ((stx, s.stx), (fx, s.fx), (gx, s.gx)))
+    raw = jnp.where(finite, raw, s.stx + 0.5 * (stp - s.stx))
+    bracketed = bracketed | ~finite
+    span = jnp.abs(sty - stx)
     width1 = jnp.where(bracketed, s.width, s.width1)
     width = jnp.where(bracketed, span, s.width)
     moved = MoreThuente(

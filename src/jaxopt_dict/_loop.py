@@ -11,6 +11,8 @@ evaluated before the loop: its first trip evaluates x0 and starts the method.
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -20,7 +22,7 @@ import numpy as np
 import optax
 
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
-from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace
+from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace, status_message
 from jaxopt_dict._tree import inf_norms, project, projected_gradient
 
 PyTree = Any
@@ -40,6 +42,7 @@ class _Carry(NamedTuple):
     trial: PyTree  # the point to evaluate on the next trip
     x: PyTree  # the current iterate: the last accepted point (f, g finite)
     f: jax.Array
+    f0: jax.Array  # f at x0: FTOL and XTOL are successes only below it (progress)
     g: PyTree
     nit: jax.Array
     nfev: jax.Array
@@ -56,52 +59,91 @@ def reduction_too_small(f_old: jax.Array, f: jax.Array, ftol: jax.Array) -> jax.
     until maxiter or a failed line search; a decrease within ``eps * max(|f_old|, |f|)``
     (one ulp, no absolute floor, so f -> 0 does not stop a solve early) ends it with FTOL
     instead. In float64 with scipy's default ftol the second test never decides first.
+    ``ftol`` NaN (not set: GD's and Newton's default) is the one-ulp rule alone; ``ftol=0``
+    turns both off: the solve never stops on f.
     """
     scale = jnp.maximum(jnp.abs(f_old), jnp.abs(f))
-    scipy_rule = f_old - f <= ftol * jnp.maximum(scale, 1.0)
-    return scipy_rule | (f_old - f <= jnp.finfo(f.dtype).eps * scale)
+    rounding_noise = f_old - f <= jnp.finfo(f.dtype).eps * scale
+    scipy_rule = f_old - f <= ftol * jnp.maximum(scale, 1.0)  # False where ftol is NaN
+    return (ftol > 0) & scipy_rule | (jnp.isnan(ftol) | (ftol > 0)) & rounding_noise
 
 
-def _host_report(config: LoopConfig) -> Callable[..., None]:
-    """A host function printing (``disp``) and calling back (``callback``) per iteration."""
+# Exceptions raised by users' callbacks, by solve: a solve called outside a user's jit
+# gets a token (> 0); its host callback keeps the exception here and stops the solve, and
+# ``minimize`` raises it as itself once the program returns (an exception escaping a host
+# callback would reach the caller wrapped in an XLA runtime error). Token -1 (a solve
+# traced inside a user's jit or vmap): the exception escapes the callback (wrapped).
+_callback_errors: dict[int, Exception] = {}
+_callback_tokens = itertools.count(1)
+_callback_lock = threading.Lock()
+NO_CALLBACK_TOKEN = -1
 
-    def report(running, first, accepted, x, f, g, nit, nfev, pg_norm, step_norm):
+
+def new_callback_token() -> int:
+    """A fresh token for one solve whose callback exceptions ``minimize`` re-raises."""
+    with _callback_lock:
+        return next(_callback_tokens)
+
+
+def pop_callback_error(token: int) -> Exception | None:
+    """The exception the callback of the solve with ``token`` raised, if any."""
+    with _callback_lock:
+        return _callback_errors.pop(token, None)
+
+
+def _host_report(config: LoopConfig) -> Callable[..., np.ndarray]:
+    """A host function printing (``disp``) and calling back (``callback``) per iteration.
+
+    It returns 1 when the solve must stop (the callback raised), else 0."""
+
+    def report(token, running, first, accepted, x, f, g, nit, nfev, pg_norm, step_norm):
+        go_on = np.asarray(0, np.int32)
         # Under vmap the loop body runs for every problem until the last one stops; a
         # finished problem's trips are discarded and must not be reported.
         if not bool(running):
-            return
+            return go_on
         if bool(first):
             if config.disp:
                 print(f"iter      0  f = {float(f): .8e}  |pg|_inf = {float(pg_norm):.3e}")
-            return
+            return go_on
         if not bool(accepted):
-            return
+            return go_on
         if config.disp:
             print(
                 f"iter {int(nit):6d}  f = {float(f): .8e}  |pg|_inf = {float(pg_norm):.3e}"
                 f"  |step|_inf = {float(step_norm):.3e}  nfev = {int(nfev)}",
                 flush=True,
             )
-        if config.callback is not None:
-            nfev = np.asarray(nfev)
-            config.callback(
-                OptimizeResult(
-                    x=x,
-                    fun=f,
-                    jac=g,
-                    nit=nit,
-                    nfev=nfev,
-                    njev=nfev,
-                    status=np.asarray(RUNNING, np.int32),
-                    success=np.asarray(False),
-                )
-            )
+        if config.callback is None:
+            return go_on
+        nfev = np.asarray(nfev)
+        intermediate = OptimizeResult(
+            x=x,
+            fun=f,
+            jac=g,
+            nit=nit,
+            nfev=nfev,
+            njev=nfev,
+            status=np.asarray(RUNNING, np.int32),
+            success=np.asarray(False),
+        )
+        try:
+            config.callback(intermediate)
+        except StopIteration:  # scipy >= 1.11: stop, and return the current iterate.
+            return np.asarray(1, np.int32)
+        except Exception as error:
+            if int(token) == NO_CALLBACK_TOKEN:
+                raise
+            with _callback_lock:
+                _callback_errors[int(token)] = error
+            return np.asarray(1, np.int32)
+        return go_on
 
     return report
 
 
-def _final_message(status) -> None:
-    print(f"     {Status(int(status)).message}", flush=True)
+def _final_message(status, success) -> None:
+    print(f"     {status_message(status, bool(success))}", flush=True)
 
 
 def start(
@@ -131,6 +173,7 @@ def start(
         trial=x0,
         x=x0,
         f=zeros(ev_types.f),
+        f0=zeros(ev_types.f),
         g=jax.tree.map(zeros, ev_types.g),
         nit=jnp.asarray(0, jnp.int32),
         nfev=jnp.asarray(0, jnp.int32),
@@ -188,6 +231,11 @@ def advance(
 
     The first trip (``nfev == 0``) evaluates x0: it starts the method, sets the iterate
     and counts no iteration; x0 may already satisfy ``gtol`` (or ``maxiter`` be 0).
+
+    A non-finite f or gradient ends the solve (``NONFINITE``) at x0, and later for a
+    method without a line search; a line search (``Stepper.rejects_nonfinite``) gets the
+    trial with ``f = +inf`` and backs away from it, and the solve ends ``NONFINITE`` only
+    if the search then fails on a non-finite trial.
     """
     gtol, xtol, maxfun = opts["gtol"], opts["xtol"], opts["maxfun"]
     first = c.nfev == 0
@@ -201,7 +249,10 @@ def advance(
             ev.g, projected_gradient(ev.x, ev.g, box), optax.tree.sub(ev.x, c.x)
         )
     finite = jnp.isfinite(ev.f) & jnp.isfinite(g_norm)
-    state, trial, outcome = _step(stepper, c.state, c.trial, ev, box, first)
+    # One signal for every method: a trial that is not finite has f = +inf (a NaN would
+    # slip through comparisons, and -inf would pass any sufficient-decrease test).
+    seen = ev._replace(f=jnp.where(finite, ev.f, jnp.inf))
+    state, trial, outcome = _step(stepper, c.state, c.trial, seen, box, first)
     moved = step_norm
     if outcome.blocked_norm is not None:
         moved = jnp.maximum(step_norm, outcome.blocked_norm.astype(step_norm.dtype))
@@ -212,6 +263,7 @@ def advance(
     nit = jnp.where(first, 0, c.nit + accepted.astype(jnp.int32))
     x = optax.tree.where(take, ev.x, c.x)
     f = jnp.where(take, ev.f, c.f)
+    f0 = jnp.where(first, ev.f, c.f0)
     g = optax.tree.where(take, ev.g, c.g)
     reduction_small = False
     if stepper.uses_ftol:
@@ -223,12 +275,14 @@ def advance(
         converged = ((accepted & c.small_gradient) | first) & small_gradient
     else:
         converged = take & small_gradient
+    ends_nonfinite = ~finite if not stepper.rejects_nonfinite else ~finite & first
     status = jnp.select(
         [
-            ~finite,
+            ends_nonfinite,
             converged,
             accepted & reduction_small,
             accepted & (moved <= xtol),
+            failed & ~finite,  # the search's budget ran out on non-finite trials
             failed,
             take & (nit >= config.maxiter),
             nfev >= maxfun,
@@ -238,6 +292,7 @@ def advance(
             Status.CONVERGED,
             Status.FTOL,
             Status.XTOL,
+            Status.NONFINITE,
             Status.LINESEARCH_FAILED,
             Status.MAX_ITER,
             Status.MAX_ITER,
@@ -256,8 +311,13 @@ def advance(
             ),
         )
     if config.disp or config.callback is not None:
-        jax.debug.callback(
+        token = opts.get("callback_token", NO_CALLBACK_TOKEN)
+        # A pure callback: its result is used, so it always runs, and (unlike io_callback)
+        # it is allowed in a vmapped while_loop, where it runs once per problem.
+        stop = jax.pure_callback(
             _host_report(config),
+            jax.ShapeDtypeStruct((), jnp.int32),
+            token,
             c.status == RUNNING,
             first,
             accepted,
@@ -268,8 +328,10 @@ def advance(
             nfev,
             pg_norm,
             step_norm,
+            vmap_method="sequential",
         )
-    return _Carry(state, trial, x, f, g, nit, nfev, status, small_gradient, trace)
+        status = jnp.where((status == RUNNING) & (stop != 0), Status.CALLBACK_STOP, status)
+    return _Carry(state, trial, x, f, f0, g, nit, nfev, status, small_gradient, trace)
 
 
 def finish(c: _Carry, config: LoopConfig) -> OptimizeResult:
@@ -285,8 +347,10 @@ def finish(c: _Carry, config: LoopConfig) -> OptimizeResult:
                 c.x,
             ),
         )
-    success = (c.status == Status.CONVERGED) | (c.status == Status.FTOL)
-    success = success | (c.status == Status.XTOL)
+    # FTOL and XTOL say the solve stopped moving; that is a success only if it got
+    # somewhere (an update lost to rounding from x0 also stops x).
+    stopped = (c.status == Status.FTOL) | (c.status == Status.XTOL)
+    success = (c.status == Status.CONVERGED) | (stopped & (c.f < c.f0))
     return OptimizeResult(
         x=c.x,
         fun=c.f,
@@ -326,6 +390,7 @@ def run(
         return advance(stepper, c, ev, box, opts, config)
 
     carry = jax.lax.while_loop(lambda c: c.status == RUNNING, body, carry)
+    result = finish(carry, config)
     if config.disp:
-        jax.debug.callback(_final_message, carry.status)
-    return finish(carry, config)
+        jax.debug.callback(_final_message, result.status, result.success)
+    return result

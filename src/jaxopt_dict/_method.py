@@ -108,6 +108,11 @@ class Stepper(NamedTuple):
         problem without a separate pass over its state. Otherwise the driver runs ``init``
         on the first trip and ``step`` on the others, picked by a ``lax.cond`` (under
         ``vmap`` a select: both run).
+      rejects_nonfinite: ``step`` treats a trial where f or the gradient is not finite
+        as a rejected trial of its line search (it arrives with ``ev.f = +inf``) and
+        asks for another point; the solve ends with ``Status.NONFINITE`` only if the
+        step then reports ``failed``. Otherwise (methods without a line search) the
+        first non-finite evaluation after x0 ends the solve with ``NONFINITE``.
     """
 
     init: Callable[[Evaluation, Box | None], tuple[State, PyTree]]
@@ -115,6 +120,7 @@ class Stepper(NamedTuple):
     uses_ftol: bool = False
     has_memory: bool = False
     step_starts: bool = False
+    rejects_nonfinite: bool = False
 
 
 class Method(NamedTuple):

@@ -11,7 +11,13 @@ import jax.numpy as jnp
 import optax
 
 from jaxopt_dict._implicit import with_implicit_diff
-from jaxopt_dict._loop import LoopConfig, run
+from jaxopt_dict._loop import (
+    NO_CALLBACK_TOKEN,
+    LoopConfig,
+    new_callback_token,
+    pop_callback_error,
+    run,
+)
 from jaxopt_dict._method import Box, Method
 from jaxopt_dict._options import Option, common_options, resolve_options, split_static
 from jaxopt_dict._problem import Objective, canonicalize_bounds, canonicalize_x0
@@ -144,6 +150,9 @@ def minimize(
       tol: sets ``gtol`` (and ``ftol`` where the method uses it) unless options give them.
       options: method options (``maxiter``, ``gtol``, ``learning_rate``, ...).
       callback: ``callback(intermediate_result)`` on the host after every iteration.
+        Raising ``StopIteration`` in it ends the solve with ``Status.CALLBACK_STOP`` and
+        the current iterate (as in scipy >= 1.11); any other exception ends it and is
+        raised here as itself (inside a user's ``jit``, JAX reports it wrapped).
 
     Returns:
       An ``OptimizeResult``; ``res.x`` has x0's structure, shapes and dtypes.
@@ -162,7 +171,24 @@ def minimize(
     static, x0, dynamic, box = prepare_solve(
         fun, x0, args, method, jac, bounds, tol, options, callback
     )
-    return _solve(static, x0, args, dynamic, box)
+    if callback is None:
+        return _solve(static, x0, args, dynamic, box)
+    # Outside a user's jit the program runs now, so an exception the callback raises can
+    # reach the caller as itself: the callback keeps it and stops the solve (``_loop``).
+    traced = any(
+        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((x0, args, dynamic, box))
+    )
+    token = NO_CALLBACK_TOKEN if traced else new_callback_token()
+    dynamic["callback_token"] = jnp.asarray(token, jnp.int32)
+    try:
+        res = _solve(static, x0, args, dynamic, box)
+        if not traced:
+            jax.block_until_ready(res)
+    finally:
+        error = pop_callback_error(token)
+    if error is not None:
+        raise error
+    return res
 
 
 __all__ = ["method_names", "minimize", "option_specs"]

@@ -56,12 +56,26 @@ def common_options(maxiter: int = 1000) -> tuple[Option, ...]:
     )
 
 
-def line_search_options(maxls: int = 20) -> tuple[Option, ...]:
-    """Options of methods that take line searches: scipy's ftol rule and trial budget."""
+# ``ftol`` not set (GD's and Newton's default, or ``None``): no relative-reduction rule,
+# only the one-ulp rounding-noise stop (``_loop.reduction_too_small``). It travels as a
+# number like any ftol, so setting one later does not recompile; users cannot pass NaN.
+FTOL_UNSET = math.nan
+
+
+def line_search_options(ftol: float | None, maxls: int = 20) -> tuple[Option, ...]:
+    """Options of methods that take line searches: scipy's ftol rule and trial budget.
+
+    ``ftol=None`` is the default for GD and Newton: no relative-reduction rule (scipy's
+    stops slow or singular descents far from a stationary point), only the one-ulp
+    rounding-noise stop; an explicit ``ftol=0`` turns every f-based stop off."""
     return (
-        Option("ftol", SCIPY_FTOL, float, low=0.0),
+        Option("ftol", FTOL_UNSET if ftol is None else ftol, float, low=0.0, allow_none=True),
         Option("maxls", maxls, int, static=True, low=1),
     )
+
+
+def _is_unset(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _is_traced(value: Any) -> bool:
@@ -73,7 +87,8 @@ def _check_value(method: str, spec: Option, value: Any) -> Any:
     where = f"options[{spec.name!r}] for method {method!r}"
     if value is None:
         if spec.allow_none:
-            return None
+            # A float whose default is NaN reads None as that default ("not set").
+            return spec.default if _is_unset(spec.default) else None
         raise ValueError(f"{where} may not be None.")
     if spec.kind is object:
         return value

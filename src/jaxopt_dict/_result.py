@@ -20,9 +20,12 @@ class Status(enum.IntEnum):
     NONFINITE = 3
     FTOL = 4
     XTOL = 5
+    CALLBACK_STOP = 6
 
     @property
     def success(self) -> bool:
+        """Whether the status can mean success: CONVERGED always; FTOL and XTOL only if
+        the solve made progress (``res.fun < f(x0)``, which ``res.success`` tells)."""
         return self in (Status.CONVERGED, Status.FTOL, Status.XTOL)
 
     @property
@@ -39,14 +42,29 @@ _MESSAGES = {
     ),
     Status.FTOL: "Converged: the relative reduction of f is <= ftol.",
     Status.XTOL: "Converged: the step's inf-norm is <= xtol.",
+    Status.CALLBACK_STOP: "Stopped: the callback raised StopIteration.",
+}
+
+# FTOL or XTOL without progress: f never went below f(x0), the iterate stalled.
+_STALLED = {
+    Status.FTOL: "Failed: f stopped decreasing (ftol) before it went below f(x0): a stall.",
+    Status.XTOL: (
+        "Failed: the iterate stopped moving (xtol) before f went below f(x0): a stall "
+        "(e.g. every update lost to rounding)."
+    ),
 }
 
 # Internal status of a solve that is still going; seen only by per-iteration callbacks.
 RUNNING = -1
 
 
-def _message(status: int) -> str:
-    return "Iterating." if int(status) == RUNNING else Status(int(status)).message
+def status_message(status: int, success: bool = True) -> str:
+    if int(status) == RUNNING:
+        return "Iterating."
+    status = Status(int(status))
+    if not success and status in _STALLED:
+        return _STALLED[status]
+    return status.message
 
 
 class Trace(NamedTuple):
@@ -72,7 +90,8 @@ class OptimizeResult(NamedTuple):
       nfev: evaluations of ``fun`` (each gives value and gradient together).
       njev: evaluations of the gradient (equal to ``nfev``: they are fused).
       status: an int32 ``Status`` code.
-      success: ``status`` is CONVERGED, FTOL or XTOL.
+      success: ``status`` is CONVERGED, or FTOL or XTOL after progress (``fun`` below
+        f(x0)): a solve that stalled is never a success.
       trace: a ``Trace`` when ``options["trace"]`` is true, else ``None``.
     """
 
@@ -90,9 +109,10 @@ class OptimizeResult(NamedTuple):
     def message(self) -> str | np.ndarray:
         """Host-side text for ``status`` (an array of texts for a batched result)."""
         status = np.asarray(self.status)
+        success = np.asarray(self.success)
         if status.ndim == 0:
-            return _message(int(status))
-        return np.vectorize(_message, otypes=[object])(status)
+            return status_message(int(status), bool(success))
+        return np.vectorize(status_message, otypes=[object])(status, success)
 
     def __getitem__(self, key):  # scipy's OptimizeResult is a dict: res["x"] works there.
         if isinstance(key, str):

@@ -46,6 +46,6 @@ GD = Method(
     "GD",
     make,
     (Option("learning_rate", None, float, low=0.0, open_low=True, allow_none=True),)
-    + line_search_options(),
+    + line_search_options(ftol=None),
     supports_bounds=True,
 )

@@ -191,4 +191,4 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         failed = (search_failed & (old.count == 0)) | ~(state.gd0 < 0)
         return state, unravel(trial_point(state, None)), StepOutcome(done, failed)
 
-    return Stepper(init, step, uses_ftol=True, step_starts=True)
+    return Stepper(init, step, uses_ftol=True, step_starts=True, rejects_nonfinite=True)

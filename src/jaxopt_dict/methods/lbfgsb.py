@@ -40,7 +40,7 @@ from jaxopt_dict._compact import (
 )
 from jaxopt_dict._linesearch import WolfeTask, more_thuente_advance, more_thuente_step
 from jaxopt_dict._method import Method, StepOutcome, Stepper
-from jaxopt_dict._options import Option, line_search_options
+from jaxopt_dict._options import SCIPY_FTOL, Option, line_search_options
 from jaxopt_dict._tree import dots, materialize
 from jaxopt_dict.methods._lbfgs_search import (
     WOLFE_GTOL,
@@ -236,7 +236,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         failed = (search_failed & (count_before == 0)) | ~(state.gd0 < 0)
         return state, unravel(trial_point(state, bounds)), StepOutcome(done, failed)
 
-    return Stepper(init, step, uses_ftol=True, step_starts=True)
+    return Stepper(init, step, uses_ftol=True, step_starts=True, rejects_nonfinite=True)
 
 
 def _dispatch(maxcor: int, maxls: int, bounded: bool) -> Stepper:
@@ -259,11 +259,12 @@ def _dispatch(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         lambda state, ev, box, first=False: pick(ev, box).step(state, ev, box, first),
         uses_ftol=True,
         step_starts=True,
+        rejects_nonfinite=True,
     )
 
 
 def _options() -> tuple[Option, ...]:
-    return (Option("maxcor", 10, int, static=True, low=1),) + line_search_options()
+    return (Option("maxcor", 10, int, static=True, low=1),) + line_search_options(ftol=SCIPY_FTOL)
 
 
 LBFGSB = Method(

@@ -60,6 +60,6 @@ NEWTON = Method(
     "Newton",
     make,
     (Option("learning_rate", None, float, low=0.0, open_low=True, allow_none=True),)
-    + line_search_options(),
+    + line_search_options(ftol=None),
     needs_hessian=True,
 )
