@@ -249,7 +249,7 @@ def test_gradients_in_shared_args_sum_over_the_problems():
     # As through jax.vmap with in_axes=None: the derivative in a shared arg is the sum of
     # every problem's.
     features, labels, w0 = _shared_design()
-    opts = {"gtol": 1e-10, "ftol": 0.0}
+    opts = {"gtol": 1e-10}
 
     def queue(features, labels, penalty):
         res = jd.minimize_batch(

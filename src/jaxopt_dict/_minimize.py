@@ -146,7 +146,9 @@ def minimize(
         ``"L-BFGS-B"``, with or without bounds (scipy's ``None`` picks BFGS without them).
       jac: ``None`` (``jax.value_and_grad``), ``True`` (``fun`` returns ``(f, grad)``), or
         a callable ``jac(x, *args)`` returning the gradient.
-      bounds: ``None`` or ``(lower, upper)``; each side None, a scalar, or a pytree like x0.
+      bounds: ``None``, ``(lower, upper)`` (each side None, a scalar, or a pytree like
+        x0), a ``scipy.optimize.Bounds``, or scipy's sequence of ``(lo, hi)`` pairs, one
+        per coordinate of x0 in flattened order (read as pairs wherever both could apply).
       tol: sets ``gtol`` (and ``ftol`` where the method uses it) unless options give them.
       options: method options (``maxiter``, ``gtol``, ``learning_rate``, ...).
       callback: ``callback(intermediate_result)`` on the host after every iteration.
@@ -155,7 +157,12 @@ def minimize(
         raised here as itself (inside a user's ``jit``, JAX reports it wrapped).
 
     Returns:
-      An ``OptimizeResult``; ``res.x`` has x0's structure, shapes and dtypes.
+      An ``OptimizeResult``; ``res.x`` has x0's structure, shapes and dtypes. A line
+      search backs away from trial points where f or the gradient is not finite; the
+      solve ends ``NONFINITE`` (with the last finite iterate) only where it cannot.
+      ``FTOL``/``XTOL`` count as success only if ``res.fun < f(x0)``.
+      Derivatives of ``res.x`` with respect to ``args`` are implicit (at the solution);
+      with respect to ``x0`` and the numeric options they are zero.
 
     Raises:
       TypeError: wrong kinds of input (non-float x0 leaves, non-scalar fun, unknown option).

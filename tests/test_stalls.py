@@ -1,0 +1,109 @@
+"""Success is never claimed for a stall (SPEC section 2): FTOL and XTOL are successes only
+after progress (``res.fun < f(x0)``); GD and Newton have no relative-reduction stop by
+default; an explicit ``ftol=0`` turns every f-based stop off."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxopt_dict as jd
+
+jax.config.update("jax_enable_x64", True)
+
+
+def gentle_slope(x):
+    """Gradient 0.1 far from the minimum at x = 1 (a pseudo-Huber function)."""
+    return 1.0 + 0.1 * jnp.sum(jnp.sqrt(1.0 + (x - 1.0) ** 2))
+
+
+@pytest.mark.parametrize("method", ["Adam", "momentum"])
+def test_update_lost_to_rounding_is_not_a_success(method):
+    """float32 x = 1e5 has an ulp of 0.0078: Adam's and momentum's first updates (1e-3
+    each with their default learning rates) round away, x never moves, and the result
+    said "Converged ... xtol" with success True."""
+    x0 = jnp.full(2, 1e5, jnp.float32)
+    res = jd.minimize(gentle_slope, x0, method=method)
+    np.testing.assert_array_equal(np.asarray(res.x), np.asarray(x0))
+    assert int(res.status) == jd.Status.XTOL
+    assert not bool(res.success)
+    assert "stall" in res.message and "Converged" not in res.message
+
+
+def coupled_quadratic(x):
+    a = jnp.array([[1.0, 0.95], [0.95, 1.0]])
+    d = x - jnp.array([1.0, -2.0])
+    return 0.5 * d @ a @ d
+
+
+def test_gd_runs_to_gtol_on_a_coupled_quadratic():
+    """scipy's relative-reduction rule (ftol 2.2e-9) stopped GD with FTOL 1e-4 away from
+    the minimizer of this quadratic (the decrease per step is small where the valley is
+    narrow); by default GD has no such rule and runs to gtol."""
+    res = jd.minimize(
+        coupled_quadratic, jnp.zeros(2), method="GD", options={"gtol": 1e-10, "maxiter": 20000}
+    )
+    assert int(res.status) == jd.Status.CONVERGED, res.message
+    np.testing.assert_allclose(np.asarray(res.x), [1.0, -2.0], atol=1e-8)
+    # scipy's rule, asked for explicitly, still stops early: that is what it does.
+    early = jd.minimize(
+        coupled_quadratic,
+        jnp.zeros(2),
+        method="GD",
+        options={"gtol": 1e-10, "maxiter": 20000, "ftol": 2.220446049250313e-09},
+    )
+    assert int(early.status) == jd.Status.FTOL
+    assert int(early.nit) < int(res.nit)
+
+
+def penalty_1(x):
+    """Moré, Garbow & Hillstrom (1981), problem 23, n = 4: f* = 2.24997873e-5."""
+    return 1e-5 * jnp.sum((x - 1.0) ** 2) + (jnp.sum(x**2) - 0.25) ** 2
+
+
+def test_newton_runs_to_gtol_on_penalty_1():
+    res = jd.minimize(
+        penalty_1, jnp.arange(1.0, 5.0), method="Newton", options={"gtol": 1e-6, "maxiter": 500}
+    )
+    assert int(res.status) == jd.Status.CONVERGED, res.message
+    np.testing.assert_allclose(float(res.fun), 2.24997873e-5, rtol=1e-6)
+
+
+def eggholder(v):
+    x, y = v[0], v[1]
+    return -(y + 47.0) * jnp.sin(jnp.sqrt(jnp.abs(x / 2.0 + y + 47.0))) - x * jnp.sin(
+        jnp.sqrt(jnp.abs(x - (y + 47.0)))
+    )
+
+
+def test_explicit_ftol_zero_disables_every_f_stop_in_float32():
+    """In float32 the one-ulp rule stopped L-BFGS on the eggholder from (100, 100) with
+    ftol=0 given explicitly (FTOL at |g| = 4e-5, gtol 1e-5); now no FTOL at all: the
+    solve runs until no step can decrease f (LINESEARCH_FAILED, honest in float32)."""
+    x0 = jnp.array([100.0, 100.0], jnp.float32)
+    default = jd.minimize(eggholder, x0, method="L-BFGS")
+    assert int(default.status) == jd.Status.FTOL  # the float32 guard, left at its default
+    res = jd.minimize(eggholder, x0, method="L-BFGS", options={"ftol": 0.0})
+    assert int(res.status) != jd.Status.FTOL, res.message
+    assert int(res.nit) > int(default.nit)
+    assert float(res.fun) <= float(default.fun)
+
+
+def test_ftol_and_xtol_success_needs_progress():
+    """Started one ulp from its minimizer with gtol 0, GD's step (0.2 ulp) rounds to
+    nothing: XTOL with f == f(x0), not a success. From elsewhere the same XTOL is one."""
+    eps = float(np.finfo(np.float64).eps)
+    at_min = jd.minimize(
+        lambda x: jnp.sum((x - 1.0) ** 2), jnp.array([1.0 + eps, 1.0]), method="GD",
+        options={"learning_rate": 0.1, "gtol": 0.0},
+    )  # fmt: skip
+    assert float(at_min.fun) > 0.0
+    assert int(at_min.status) == jd.Status.XTOL and not bool(at_min.success)
+    moved = jd.minimize(
+        coupled_quadratic, jnp.zeros(2), method="GD",
+        options={"learning_rate": 0.1, "gtol": 0.0, "maxiter": 100000},
+    )  # fmt: skip
+    assert int(moved.status) == jd.Status.XTOL, moved.message
+    assert bool(moved.success)
