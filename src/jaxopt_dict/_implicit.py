@@ -14,9 +14,11 @@ The rule is a ``jax.custom_jvp``; its tangent is linear and the solve goes throu
 ``lax.custom_linear_solve`` (conjugate gradients on Hessian-vector products, forward over
 reverse), so JAX transposes it for ``jax.grad``/``jax.vjp`` and ``jax.jvp`` works too.
 
-If the solve did not converge, the derivative returned is that of the stationary point
-``res.x`` is taken to be: meaningful only as far as ``res.x`` is close to a minimizer, and
-undefined where the Hessian there is singular or indefinite.
+The derivative is that of the stationary point ``res.x`` is taken to be: meaningful only
+as far as ``res.x`` is close to a minimizer. Where the linear solve does not converge (the
+Hessian at ``res.x`` singular, or indefinite so that conjugate gradients break down) the
+derivative is NaN, never a wrong number. Higher derivatives (``jax.hessian``,
+``grad(grad)``) apply the same rule again: the rule's own solve is the differentiable one.
 """
 
 from __future__ import annotations
@@ -121,7 +123,13 @@ def implicit_tangent(
     def cg(matvec, b):
         tol = 1e-12 if b.dtype == jnp.float64 else 1e-6
         maxiter = cg_maxiter if cg_maxiter is not None else 10 * b.size
-        return jax.scipy.sparse.linalg.cg(matvec, b, tol=tol, maxiter=maxiter)[0]
+        v = jax.scipy.sparse.linalg.cg(matvec, b, tol=tol, maxiter=maxiter)[0]
+        # Report a solve that did not converge (a singular or indefinite Hessian at
+        # res.x, too few iterations) as NaN, never as a wrong number: the true residual,
+        # against sqrt(tol) relative (rounding in CG's own residual stays far below it).
+        residual = jnp.linalg.norm(matvec(v) - b)
+        converged = residual <= jnp.sqrt(tol) * jnp.maximum(jnp.linalg.norm(b), 1e-300)
+        return jnp.where(converged, v, jnp.nan)
 
     dx_free = unravel(jax.lax.custom_linear_solve(matvec, flat_rhs, cg, symmetric=True))
     dx = optax.tree.add(optax.tree.mul(free, dx_free), dx_active)
@@ -149,7 +157,11 @@ def with_implicit_diff(
     def _jvp(static, primals, tangents):
         x0, args, dynamic, box = primals
         _, dargs, _, dbox = tangents
-        res = solve(static, x0, args, dynamic, box)
+        # The solve itself again, not its undifferentiated body: under a second
+        # differentiation (jax.hessian, grad(grad)) res.x then gets this same implicit
+        # rule, instead of a derivative of the loop's iterations (silently wrong for
+        # L-BFGS, refused in reverse mode for every method).
+        res = solve_diff(static, x0, args, dynamic, box)
         tangent_of = functools.partial(implicit_tangent, objective_of(static))
         if args_axes_of is not None:
             axes = args_axes_of(static)
