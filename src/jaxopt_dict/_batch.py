@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from jaxopt_dict._implicit import with_implicit_diff
-from jaxopt_dict._loop import LoopConfig, advance, finish, start
+from jaxopt_dict._loop import LoopConfig, advance, finish, start, varying_like_body
 from jaxopt_dict._method import Method
 from jaxopt_dict._minimize import SolveStatic, evaluate_objective, prepare_solve
 from jaxopt_dict._result import RUNNING, OptimizeResult
@@ -140,7 +140,7 @@ def _solve_queue_impl(
         jnp.asarray(lanes, jnp.int32),
         results,
     )
-    return jax.lax.while_loop(cond, body, loop)[5]
+    return jax.lax.while_loop(cond, body, varying_like_body(loop))[5]
 
 
 # One compiled program per (method, fun, static options, lanes, args axes); differentiable
@@ -151,6 +151,7 @@ _solve_queue = jax.jit(
         _solve_queue_impl,
         lambda key: key[0].objective.value_and_grad,
         args_axes_of=lambda key: key[2],
+        aux_of=lambda key: key[0].objective.aux,
     ),
     static_argnums=0,
 )
@@ -173,15 +174,16 @@ def _refill_slots(lanes: int) -> int:
 def minimize_batch(
     fun: Callable[..., Any],
     x0: PyTree,
-    *,
     args: tuple = (),
     method: str | Method | optax.GradientTransformation | None = "L-BFGS-B",
+    *,
     jac: bool | Callable[..., PyTree] | None = None,
     bounds: tuple[Any, Any] | None = None,
     tol: float | None = None,
     options: Mapping[str, Any] | None = None,
     lanes: int | None = None,
     args_axes: int | None | tuple[int | None, ...] = 0,
+    has_aux: bool = False,
 ) -> OptimizeResult:
     """Solve a batch of problems with continuous batching; like ``jax.vmap(minimize)``.
 
@@ -225,7 +227,7 @@ def minimize_batch(
     lanes = min(n_problems, 256 if lanes is None else int(lanes))
     one_problem = tuple(_take(a, 0) if axis == 0 else a for a, axis in zip(args, args_axes))
     static, _, dynamic, box = prepare_solve(
-        fun, _take(x0, 0), one_problem, method, jac, bounds, tol, options, None
+        fun, _take(x0, 0), one_problem, method, jac, bounds, tol, options, None, has_aux
     )
     if options and (options.get("disp") or options.get("trace")):  # a dict by now
         raise ValueError("minimize_batch does not take disp or trace; use jax.vmap(minimize).")

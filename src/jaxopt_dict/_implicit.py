@@ -53,6 +53,13 @@ def _instantiate(tangent: PyTree, primal: PyTree) -> PyTree:
     )
 
 
+def _float_tangent(tangent: Any, primal: Any) -> Any:
+    """A tangent of ``primal``'s kind: float0 zeros for integer and boolean outputs."""
+    if jnp.issubdtype(jnp.result_type(primal), jnp.inexact):
+        return tangent
+    return _zero_tangent(primal)
+
+
 def active_masks(x: PyTree, box: Box | None) -> tuple[PyTree, PyTree] | None:
     """Where x sits on its lower and upper bound (``None`` without bounds)."""
     if box is None:
@@ -138,7 +145,10 @@ def implicit_tangent(
 
 
 def with_implicit_diff(
-    solve: Callable, objective_of: Callable, args_axes_of: Callable | None = None
+    solve: Callable,
+    objective_of: Callable,
+    args_axes_of: Callable | None = None,
+    aux_of: Callable | None = None,
 ) -> Callable:
     """Wrap ``solve(static, x0, args, dynamic, box) -> OptimizeResult`` in a custom JVP.
 
@@ -148,7 +158,8 @@ def with_implicit_diff(
     the result carry a leading batch axis of independent problems, each differentiated at
     its own solution; ``args_axes_of(static)`` gives each arg's batch axis (0, or ``None``
     for an arg shared by all problems, whose derivative then sums over them); the box is
-    shared.
+    shared. ``aux_of(static)`` is the ``aux(x, args)`` function whose value the result
+    carries as ``res.aux`` (``has_aux=True``): its tangent follows from dx and dargs.
     """
 
     solve_diff = jax.custom_jvp(solve, nondiff_argnums=(0,))
@@ -169,6 +180,14 @@ def with_implicit_diff(
         dx, df, dg = tangent_of(res.x, args, dargs, box, dbox)
         tangent = jax.tree.map(_zero_tangent, res)
         tangent = tangent._replace(x=dx, fun=df.astype(res.fun.dtype), jac=dg)
+        if res.aux is not None:
+            aux = aux_of(static)
+            aux_tangent = lambda x, a, dx_, da: jax.jvp(aux, (x, a), (dx_, da))[1]
+            if args_axes_of is not None:
+                axes = args_axes_of(static)
+                aux_tangent = jax.vmap(aux_tangent, in_axes=(0, axes, 0, axes))
+            daux = aux_tangent(res.x, args, dx, dargs)
+            tangent = tangent._replace(aux=jax.tree.map(_float_tangent, daux, res.aux))
         return res, tangent
 
     return solve_diff

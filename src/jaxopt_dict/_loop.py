@@ -49,6 +49,7 @@ class _Carry(NamedTuple):
     status: jax.Array
     small_gradient: jax.Array  # gtol held at the current iterate (for has_memory)
     trace: Trace | None
+    aux: PyTree  # fun's aux at the current iterate (has_aux=True), else None
 
 
 def reduction_too_small(f_old: jax.Array, f: jax.Array, ftol: jax.Array) -> jax.Array:
@@ -180,6 +181,7 @@ def start(
         status=jnp.asarray(RUNNING, jnp.int32),
         small_gradient=jnp.asarray(False),
         trace=trace0,
+        aux=jax.tree.map(zeros, ev_types.fun_aux),
     )
 
 
@@ -264,6 +266,7 @@ def advance(
     x = optax.tree.where(take, ev.x, c.x)
     f = jnp.where(take, ev.f, c.f)
     f0 = jnp.where(first, ev.f, c.f0)
+    aux = optax.tree.where(take, ev.fun_aux, c.aux) if c.aux is not None else None
     g = optax.tree.where(take, ev.g, c.g)
     reduction_small = False
     if stepper.uses_ftol:
@@ -331,7 +334,7 @@ def advance(
             vmap_method="sequential",
         )
         status = jnp.where((status == RUNNING) & (stop != 0), Status.CALLBACK_STOP, status)
-    return _Carry(state, trial, x, f, f0, g, nit, nfev, status, small_gradient, trace)
+    return _Carry(state, trial, x, f, f0, g, nit, nfev, status, small_gradient, trace, aux)
 
 
 def finish(c: _Carry, config: LoopConfig) -> OptimizeResult:
@@ -361,7 +364,31 @@ def finish(c: _Carry, config: LoopConfig) -> OptimizeResult:
         status=c.status,
         success=success,
         trace=trace,
+        aux=c.aux,
     )
+
+
+def varying_like_body(carry: Any) -> Any:
+    """``carry`` varying over every manual mesh axis, when traced inside ``shard_map``.
+
+    There a value computed from sharded inputs is "varying" over the mesh axes, and
+    ``while_loop`` (like ``cond``) requires the carry's types, varying axes included, to
+    be the same on entry and exit; the initial carry's zeros and counters are not varying,
+    while what the loop body computes from the problem's data is. Outside ``shard_map``
+    this is the identity.
+    """
+    axes = tuple(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()) or ())
+    if not axes:
+        return carry
+
+    def varying(leaf):
+        t = jax.typeof(leaf)
+        manual = getattr(t, "manual_axis_type", None)
+        have = frozenset(getattr(manual, "varying", None) or getattr(t, "vma", None) or ())
+        missing = tuple(a for a in axes if a not in have)
+        return jax.lax.pcast(leaf, missing, to="varying") if missing else leaf
+
+    return jax.tree.map(varying, carry)
 
 
 def run(
@@ -389,6 +416,7 @@ def run(
         ev = evaluate(c.trial)  # The one evaluation of this trip.
         return advance(stepper, c, ev, box, opts, config)
 
+    carry = varying_like_body(carry)
     carry = jax.lax.while_loop(lambda c: c.status == RUNNING, body, carry)
     result = finish(carry, config)
     if config.disp:

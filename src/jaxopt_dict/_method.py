@@ -59,6 +59,8 @@ class Evaluation(NamedTuple):
       aux: by-products of the same evaluation that a method's own objective (see
         ``Method.prepare``) hands to its step; ``None`` otherwise. PG puts L's gradient
         and Hessian in y space here, so its step needs no second evaluation of ``fun``.
+      fun_aux: what ``fun`` returned beside its value with ``has_aux=True`` (the driver
+        keeps it for the iterate: ``res.aux``); ``None`` otherwise. Methods ignore it.
     """
 
     x: PyTree
@@ -66,6 +68,7 @@ class Evaluation(NamedTuple):
     g: PyTree
     hess: jax.Array | None = None
     aux: Any = None
+    fun_aux: Any = None
 
 
 class StepOutcome(NamedTuple):

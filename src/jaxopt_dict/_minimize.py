@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxopt_dict._implicit import with_implicit_diff
@@ -58,7 +59,11 @@ def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None)
 # One compiled program per (method, fun, static options, callback); differentiable in args
 # and bounds by implicit differentiation at the solution (``_implicit.py``).
 _solve = jax.jit(
-    with_implicit_diff(_solve_impl, lambda static: static.objective.value_and_grad),
+    with_implicit_diff(
+        _solve_impl,
+        lambda static: static.objective.value_and_grad,
+        aux_of=lambda static: static.objective.aux,
+    ),
     static_argnums=0,
 )
 
@@ -72,7 +77,7 @@ class SolveStatic(NamedTuple):
     callback: Callable[[OptimizeResult], Any] | None
 
 
-def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback):
+def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, has_aux=False):
     """Validate and canonicalize ``minimize``'s inputs before anything is traced.
 
     Returns:
@@ -85,7 +90,9 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback):
         raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable.")
-    objective = Objective(fun, jac)
+    if not isinstance(has_aux, (bool, np.bool_)):
+        raise TypeError(f"has_aux must be True or False, got {has_aux!r}.")
+    objective = Objective(fun, jac, bool(has_aux))
     box = canonicalize_bounds(bounds, x0)
     if box is not None and not method_rec.supports_bounds:
         raise ValueError(
@@ -116,6 +123,8 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback):
                 "options['maxiter'], or drop trace."
             )
     if method_rec.prepare is not None:  # PG: requires physics; its driver sees L(physics(x)).
+        if has_aux:
+            raise ValueError(f"has_aux=True is not supported by method {method_rec.name!r}.")
         objective = method_rec.prepare(objective, values)
     objective.check(x0, args)
     static_opts, dynamic = split_static(specs, values)
@@ -126,14 +135,15 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback):
 def minimize(
     fun: Callable[..., Any],
     x0: PyTree,
-    *,
     args: tuple = (),
     method: str | Method | optax.GradientTransformation | None = "L-BFGS-B",
+    *,
     jac: bool | Callable[..., PyTree] | None = None,
     bounds: tuple[Any, Any] | None = None,
     tol: float | None = None,
     options: Mapping[str, Any] | None = None,
     callback: Callable[[OptimizeResult], Any] | None = None,
+    has_aux: bool = False,
 ) -> OptimizeResult:
     """Minimize a scalar function of a pytree, scipy-style, in one compiled loop.
 
@@ -151,6 +161,8 @@ def minimize(
         per coordinate of x0 in flattened order (read as pairs wherever both could apply).
       tol: sets ``gtol`` (and ``ftol`` where the method uses it) unless options give them.
       options: method options (``maxiter``, ``gtol``, ``learning_rate``, ...).
+      has_aux: ``fun`` returns ``(value, aux)`` (with ``jac=True``: ``((value, aux),
+        grad)``); ``res.aux`` is aux at ``res.x`` (differentiable like ``res.x``).
       callback: ``callback(intermediate_result)`` on the host after every iteration.
         Raising ``StopIteration`` in it ends the solve with ``Status.CALLBACK_STOP`` and
         the current iterate (as in scipy >= 1.11); any other exception ends it and is
@@ -176,7 +188,7 @@ def minimize(
       (True, [1.0, 1.0, 1.0])
     """
     static, x0, dynamic, box = prepare_solve(
-        fun, x0, args, method, jac, bounds, tol, options, callback
+        fun, x0, args, method, jac, bounds, tol, options, callback, has_aux
     )
     if callback is None:
         return _solve(static, x0, args, dynamic, box)

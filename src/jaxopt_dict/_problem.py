@@ -234,10 +234,14 @@ def _abstract(tree: PyTree) -> PyTree:
 
 
 class Objective(NamedTuple):
-    """``fun`` and ``jac`` as the user gave them; hashable, so it can key the jit cache."""
+    """``fun`` and ``jac`` as the user gave them; hashable, so it can key the jit cache.
+
+    With ``has_aux``, ``fun`` returns ``(value, aux)`` (with ``jac=True``:
+    ``((value, aux), grad)``); ``aux`` is any pytree of arrays, kept for the iterate."""
 
     fun: Callable[..., Any]
     jac: Any = None  # None, True, or a callable
+    has_aux: bool = False
 
     def check(self, x0: PyTree, args: tuple) -> None:
         """Trace ``fun`` abstractly once (no compilation) and check what it returns.
@@ -258,6 +262,15 @@ class Objective(NamedTuple):
                     f"{jax.tree.structure(out)}."
                 )
             value, grad = out
+            if self.has_aux:
+                value = self._split_aux(value, "((value, aux), gradient)")
+        elif self.has_aux:
+            value = self._split_aux(out, "(value, aux)")
+            grad = (
+                jax.eval_shape(self.jac, _abstract(x0), *_abstract(args))
+                if callable(self.jac)
+                else None
+            )
         else:
             value = out
             grad = (
@@ -287,26 +300,55 @@ class Objective(NamedTuple):
                     f"shape {jnp.shape(g_leaf)}, but x0's has {jnp.shape(x_leaf)}."
                 )
 
-    def value_and_grad(self, x: PyTree, args: tuple) -> tuple[jax.Array, PyTree]:
-        """f and its gradient in one fused evaluation; the gradient keeps x's dtypes."""
+    @staticmethod
+    def _split_aux(out: Any, form: str) -> Any:
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise TypeError(
+                f"has_aux=True means fun returns {form}, but it returned "
+                f"{jax.tree.structure(out)}."
+            )
+        for leaf in jax.tree.leaves(out[1]):
+            if not isinstance(leaf, jax.ShapeDtypeStruct):
+                raise TypeError(f"fun's aux must be a pytree of arrays, got {leaf!r}.")
+        return out[0]
+
+    def value_grad_aux(self, x: PyTree, args: tuple) -> tuple[jax.Array, PyTree, Any]:
+        """f, its gradient (in x's dtypes) and fun's aux (``None`` without has_aux), from
+        one fused evaluation."""
+        aux = None
         if self.jac is None:
-            f, g = jax.value_and_grad(self.fun)(x, *args)
+            out, g = jax.value_and_grad(self.fun, has_aux=self.has_aux)(x, *args)
+            f, aux = out if self.has_aux else (out, None)
         elif self.jac is True:
             f, g = self.fun(x, *args)
+            if self.has_aux:
+                f, aux = f
         else:
             f, g = self.fun(x, *args), self.jac(x, *args)
-        return jnp.asarray(f), optax.tree.cast_like(g, x)
+            if self.has_aux:
+                f, aux = f
+        return jnp.asarray(f), optax.tree.cast_like(g, x), aux
+
+    def value_and_grad(self, x: PyTree, args: tuple) -> tuple[jax.Array, PyTree]:
+        """f and its gradient in one fused evaluation; the gradient keeps x's dtypes."""
+        return self.value_grad_aux(x, args)[:2]
+
+    def aux(self, x: PyTree, args: tuple) -> Any:
+        """fun's aux at x (``has_aux=True``): what ``res.aux`` holds, and its derivative."""
+        out = self.fun(x, *args)
+        return (out[0] if self.jac is True else out)[1]
 
     def evaluate(self, x: PyTree, args: tuple, hessian: bool = False) -> Evaluation:
         """An ``Evaluation`` at x; with ``hessian``, the Hessian as the Jacobian of the
         gradient on the flattened parameters (``jax.jacobian`` twice, for ``jac=None``)."""
         if not hessian:
-            return Evaluation(x, *self.value_and_grad(x, args))
+            f, g, aux = self.value_grad_aux(x, args)
+            return Evaluation(x, f, g, fun_aux=aux)
         flat, unravel = ravel_pytree(x)
 
         def flat_grad(z):
-            f, g = self.value_and_grad(unravel(z), args)
-            return ravel_pytree(g)[0], (f, g)
+            f, g, aux = self.value_grad_aux(unravel(z), args)
+            return ravel_pytree(g)[0], (f, g, aux)
 
-        hess, (f, g) = jax.jacobian(flat_grad, has_aux=True)(flat)
-        return Evaluation(x, f, g, hess)
+        hess, (f, g, aux) = jax.jacobian(flat_grad, has_aux=True)(flat)
+        return Evaluation(x, f, g, hess, fun_aux=aux)

@@ -93,6 +93,8 @@ class OptimizeResult(NamedTuple):
       success: ``status`` is CONVERGED, or FTOL or XTOL after progress (``fun`` below
         f(x0)): a solve that stalled is never a success.
       trace: a ``Trace`` when ``options["trace"]`` is true, else ``None``.
+      aux: with ``has_aux=True``, what ``fun`` returned beside its value, at ``x``;
+        else ``None``.
     """
 
     x: PyTree
@@ -104,6 +106,7 @@ class OptimizeResult(NamedTuple):
     status: jax.Array
     success: jax.Array
     trace: Trace | None = None
+    aux: Any = None
 
     @property
     def message(self) -> str | np.ndarray:
