@@ -139,7 +139,7 @@ def memory_push(
     )
     v = mem.v.at[slot].set(jnp.where(finite, s, 0.0))
     v = v.at[k + slot].set(jnp.where(finite, y, 0.0))
-    index = jnp.arange(2 * k)
+    index = jnp.arange(2 * k, dtype=jnp.int32)  # int32, as count and slot (x64 on)
     s_row = jnp.where(index == slot, ss, jnp.where(index == k + slot, sy, products[0]))
     y_row = jnp.where(index == slot, sy, jnp.where(index == k + slot, yy, products[1]))
     s_row, y_row = materialize((s_row, y_row))
@@ -150,24 +150,24 @@ def memory_push(
     # (The y row's entry in column ``slot`` is ``s^T y`` as well.)
     gram = jnp.where(row == at_y, y_row[None, :], jnp.where(col == at_y, y_row[:, None], gram))
     count = mem.count + 1
-    age = jnp.where(jnp.arange(k) == at, mem.count, mem.age)
+    slots = jnp.arange(k, dtype=jnp.int32)
+    age = jnp.where(slots == at, mem.count, mem.age)
     # R gains the column S^T y (the pairs kept), and the oldest pair leaves: for a block
     # triangular R, [[R', r], [0, sy]]^{-1} = [[R'^-1, -R'^-1 r / sy], [0, 1/sy]], and
     # dropping the first block keeps the rest of the inverse. (Without ``when`` every
     # slot is "kept" and the column is not written.)
     m = k - 1
-    kept = (age >= 0) & (age >= count - m) & (jnp.arange(k) != slot)  # valid_slots(new)
+    kept = (age >= 0) & (age >= count - m) & (slots != slot)  # valid_slots(new)
     kept = kept | ~when
     # Of the slots not kept, only the one that leaves (``age == count - m``, in slot
     # ``(count + 1) % k``) can have a nonzero row or column: the others already have
     # zero ones. Zeroing just that one is a cheap compare per element.
     leaves = jnp.where(when & (mem.count >= m), (mem.count + 1) % k, -1)
     kept, leaves = materialize((kept, leaves))
-    index_k = jnp.arange(k)
-    r_inv = jnp.where((index_k[:, None] == leaves) | (index_k[None, :] == leaves), 0.0, mem.r_inv)
+    r_inv = jnp.where((slots[:, None] == leaves) | (slots[None, :] == leaves), 0.0, mem.r_inv)
     column = -(r_inv @ jnp.where(kept, products[1, :k], 0.0)) / sy
-    column = jnp.where(jnp.arange(k) == slot, 1.0 / sy, column)
-    r_inv = jnp.where(jnp.arange(k)[None, :] == at, column[:, None], r_inv)
+    column = jnp.where(slots == slot, 1.0 / sy, column)
+    r_inv = jnp.where(slots[None, :] == at, column[:, None], r_inv)
     return Memory(
         v=v,
         gram=gram,
@@ -183,7 +183,7 @@ def pushed_products(mem: Memory, old: jax.Array, s_x: jax.Array, y_x: jax.Array)
     products with x, where ``after`` is ``mem`` with one more pair: no pass over v."""
     k = mem.age.shape[0]
     slot = mem.count % k
-    index = jnp.arange(2 * k)
+    index = jnp.arange(2 * k, dtype=jnp.int32)
     return jnp.where(index == slot, s_x, jnp.where(index == k + slot, y_x, old))
 
 
@@ -249,7 +249,8 @@ def middle_matrix(mem: Memory) -> jax.Array:
     ld = low / diag[None, :]  # L D^{-1}
     t = jnp.where(jnp.diag(~valid), 1.0, mem.theta * ss + ld @ low.T)
     chol = jnp.linalg.cholesky(t)
-    sol = jax.scipy.linalg.cho_solve((chol, True), jnp.concatenate([jnp.eye(k), ld], axis=1))
+    eye = jnp.eye(k, dtype=ld.dtype)  # the memory's dtype (float32 stays float32, x64 on)
+    sol = jax.scipy.linalg.cho_solve((chol, True), jnp.concatenate([eye, ld], axis=1))
     m22, m21 = sol[:, :k], sol[:, k:]
     m11 = -jnp.diag(1.0 / diag) + ld.T @ m21
     return jnp.block([[m11, m21.T], [m21, m22]])
@@ -269,7 +270,7 @@ def reduced_inverse_times(mem: Memory, free: jax.Array, r: jax.Array) -> jax.Arr
     theta = mem.theta
     diag, low, ss, valid = _pieces(mem)
     both = _twice(valid)
-    gz = jnp.where(both[:, None] & both[None, :], (mem.v * free) @ mem.v.T, 0.0)
+    gz = jnp.where(both[:, None] & both[None, :], (mem.v * free.astype(mem.v.dtype)) @ mem.v.T, 0.0)
     n_mat = jnp.diag(diag) + gz[k:, k:] / theta
     e = low - gz[:k, k:]
     c = jnp.where(jnp.diag(~valid), 1.0, theta * (ss - gz[:k, :k]))

@@ -23,7 +23,7 @@ import optax
 
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace, status_message
-from jaxopt_dict._tree import inf_norms, project, projected_gradient
+from jaxopt_dict._tree import inf_norms, project, projected_gradient, promoted
 
 PyTree = Any
 
@@ -65,7 +65,8 @@ def reduction_too_small(f_old: jax.Array, f: jax.Array, ftol: jax.Array) -> jax.
     """
     scale = jnp.maximum(jnp.abs(f_old), jnp.abs(f))
     rounding_noise = f_old - f <= jnp.finfo(f.dtype).eps * scale
-    scipy_rule = f_old - f <= ftol * jnp.maximum(scale, 1.0)  # False where ftol is NaN
+    bound = promoted(jnp.multiply, ftol, jnp.maximum(scale, 1.0))
+    scipy_rule = promoted(jnp.less_equal, f_old - f, bound)  # False where ftol is NaN
     return (ftol > 0) & scipy_rule | (jnp.isnan(ftol) | (ftol > 0)) & rounding_noise
 
 
@@ -271,7 +272,7 @@ def advance(
     reduction_small = False
     if stepper.uses_ftol:
         reduction_small = reduction_too_small(c.f, ev.f, opts["ftol"])
-    small_gradient = jnp.where(take, pg_norm <= gtol, c.small_gradient)
+    small_gradient = jnp.where(take, promoted(jnp.less_equal, pg_norm, gtol), c.small_gradient)
     if stepper.has_memory:
         # Two consecutive small gradients, except at x0, where the method is still at rest
         # (no velocity yet): x0 satisfying gtol ends the solve with nit = 0, as for the others.
@@ -284,11 +285,11 @@ def advance(
             ends_nonfinite,
             converged,
             accepted & reduction_small,
-            accepted & (moved <= xtol),
+            accepted & promoted(jnp.less_equal, moved, xtol),
             failed & ~finite,  # the search's budget ran out on non-finite trials
             failed,
             take & (nit >= config.maxiter),
-            nfev >= maxfun,
+            promoted(jnp.greater_equal, nfev, maxfun),
         ],
         [
             Status.NONFINITE,
@@ -341,7 +342,7 @@ def finish(c: _Carry, config: LoopConfig) -> OptimizeResult:
     """The result from the final carry (trace rows past ``nit`` repeat the final value)."""
     trace = c.trace
     if trace is not None:
-        past = jnp.arange(config.maxiter + 1) > c.nit
+        past = jnp.arange(config.maxiter + 1, dtype=c.nit.dtype) > c.nit
         trace = Trace(
             fun=jnp.where(past, c.f, trace.fun),
             x=jax.tree.map(

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 
 from jaxopt_dict._method import Box, Evaluation
+from jaxopt_dict._tree import ravel as ravel_pytree
 
 PyTree = Any
 

@@ -1,5 +1,6 @@
 """Only the tree helpers that ``optax.tree`` lacks: tree-valued bounds, finiteness, a
-fusion barrier for XLA:CPU, and reductions written out term by term for small leaves."""
+fusion barrier for XLA:CPU, reductions written out term by term for small leaves, and
+mixing dtypes (``promoted``, ``ravel``) under ``jax.numpy_dtype_promotion("strict")``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 from jaxopt_dict._method import Box
 
@@ -67,8 +69,30 @@ def _reduce(tree: PyTree, term, combine, whole) -> jax.Array:
             parts.append(whole(leaf))
     total = parts[0]
     for part in parts[1:]:
-        total = combine(total, part)
+        total = promoted(combine, total, part)
     return total
+
+
+def promoted(op, a, b) -> jax.Array:
+    """``op(a, b)`` with a and b cast to their standard promotion first: the values
+    implicit promotion gives, also under ``jax.numpy_dtype_promotion("strict")``, which
+    refuses to mix float32 with float64 (a mixed-precision tree, a strongly typed
+    float64 option with a float32 x) or int32 with int64 (issue 18). Weak types count
+    as implicit promotion counts them: a Python float does not widen a float32 array."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if a.dtype != b.dtype:
+        with jax.numpy_dtype_promotion("standard"):
+            dtype = jnp.result_type(a, b)
+        a, b = a.astype(dtype), b.astype(dtype)
+    return op(a, b)
+
+
+def ravel(tree: PyTree) -> tuple[jax.Array, Any]:
+    """``jax.flatten_util.ravel_pytree``, also under strict promotion: a tree of float32
+    and float64 leaves is raveled to float64 as the standard rules do (``ravel_pytree``
+    asks the active rules for the common dtype, and strict ones have none; issue 18)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return ravel_pytree(tree)
 
 
 def vdot(a: PyTree, b: PyTree) -> jax.Array:
@@ -108,7 +132,8 @@ def inf_norms(*trees: PyTree) -> tuple[jax.Array, ...]:
         maxima = jnp.max(stacked.reshape(len(members), -1), axis=1)
         for k, j in enumerate(members):
             parts[owner[j]].append(maxima[k])
-    return tuple(functools.reduce(jnp.maximum, p) for p in parts)
+    maximum = functools.partial(promoted, jnp.maximum)
+    return tuple(functools.reduce(maximum, p) for p in parts)
 
 
 def dots(*pairs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:

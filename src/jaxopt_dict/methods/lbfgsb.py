@@ -23,7 +23,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 
 from jaxopt_dict._cauchy import cauchy_point
 from jaxopt_dict._compact import (
@@ -41,7 +40,7 @@ from jaxopt_dict._compact import (
 from jaxopt_dict._linesearch import WolfeTask, more_thuente_advance, more_thuente_step
 from jaxopt_dict._method import Method, StepOutcome, Stepper
 from jaxopt_dict._options import SCIPY_FTOL, Option, line_search_options
-from jaxopt_dict._tree import dots, materialize
+from jaxopt_dict._tree import dots, materialize, ravel as ravel_pytree
 from jaxopt_dict.methods._lbfgs_search import (
     WOLFE_GTOL,
     Bounds,

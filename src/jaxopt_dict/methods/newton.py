@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
-from jax.flatten_util import ravel_pytree
 
 from jaxopt_dict._linesearch import backtracking_stepper
 from jaxopt_dict._method import Evaluation, Method, StepOutcome, Stepper
 from jaxopt_dict._modified_cholesky import modified_cholesky_solve
 from jaxopt_dict._options import Option, line_search_options
+from jaxopt_dict._tree import promoted, ravel as ravel_pytree
 
 
 def newton_direction(hess: jax.Array, grad: jax.Array) -> jax.Array:
-    """Solve ``(H + E) d = -g`` by the Gill–Murray–Wright modified Cholesky factorization:
-    E = 0 where H is safely positive definite (the plain Newton step), else a diagonal E
-    that makes ``H + E`` positive definite with bounded factors, which keeps d a descent
-    direction near saddles and where H is indefinite (Nocedal & Wright sec. 3.4)."""
+    """Solve ``(H + E) d = -g`` by a modified Cholesky factorization: E = 0 where H is safely
+    positive definite (the plain Newton step), else ``H + E`` positive definite, which keeps
+    d a descent direction of sensible length near saddles and where H is indefinite
+    (Nocedal & Wright sec. 3.4): the Gill–Murray–Wright diagonal E for n <= 128, above it
+    H's eigenvalues replaced by ``max(|lam_i|, sqrt(eps) max|lam|)`` (``_modified_cholesky``)."""
     return -modified_cholesky_solve(hess, grad)
 
 
@@ -34,7 +34,9 @@ def _direction(ev: Evaluation):
 
 def _fixed_stepper(learning_rate) -> Stepper:
     def advance(ev):
-        return optax.tree.add_scale(ev.x, learning_rate, _direction(ev))
+        # x + lr * d, the promotions spelled out (a float64 learning rate, float32 x).
+        scaled = lambda d: promoted(jnp.multiply, learning_rate, d)
+        return jax.tree.map(lambda x, d: promoted(jnp.add, x, scaled(d)), ev.x, _direction(ev))
 
     def init(ev, box):
         return (), advance(ev)

@@ -44,7 +44,13 @@ def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
 
     def advance(opt_state, ev, box):
         try:
-            updates, opt_state = tx.update(ev.g, opt_state, ev.x, value=ev.f, grad=ev.g)
+            # optax itself is not strict-promotion clean (``optax.adam``'s bias correction
+            # raises a float to the int32 step count; a float64 learning rate makes float64
+            # updates for float32 x): its own code runs under the standard rules, which give
+            # the values it computes in any mode (issue 18).
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = tx.update(ev.g, opt_state, ev.x, value=ev.f, grad=ev.g)
+                unclipped = optax.apply_updates(ev.x, updates)
         except TypeError as error:
             if "value_fn" not in str(error):
                 raise
@@ -53,7 +59,6 @@ def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
                 "itself, as optax.lbfgs does); jaxopt_dict evaluates fun once per trip of its "
                 "own loop. Use method='L-BFGS' (or 'L-BFGS-B') instead."
             ) from error
-        unclipped = optax.apply_updates(ev.x, updates)
         x_next = project(unclipped, box)
         blocked = None
         if box is not None:
@@ -65,7 +70,10 @@ def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
         return advance(tx.init(ev.x), ev, box)
 
     def step(state: OptaxState, ev, box, first=False):
-        opt_state = optax.tree.where(first, tx.init(ev.x), state.opt_state)
+        # A fresh state in the carried state's dtypes (float64 hyperparameters make the
+        # carried one float64 for a float32 x; a select does not promote under strict rules).
+        fresh = optax.tree.cast_like(tx.init(ev.x), state.opt_state)
+        opt_state = optax.tree.where(first, fresh, state.opt_state)
         new_state, x_next = advance(opt_state, ev, box)
         # state.blocked_norm is about the step that led to ev.x (read on accepted trips).
         return new_state, x_next, StepOutcome(accepted=True, blocked_norm=state.blocked_norm)
