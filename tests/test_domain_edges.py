@@ -109,6 +109,8 @@ CASES = {
         ["L-BFGS", "L-BFGS-B"],
     ),
 }
+
+
 @functools.cache
 def _answer(name: str) -> np.ndarray:
     """The closed form, or scipy's answer (Poisson, started inside the region where exp

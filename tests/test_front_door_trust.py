@@ -329,9 +329,7 @@ def _dict_x0():
 
 def test_dict_minimize_warns_when_the_solve_fails():
     with pytest.warns(RuntimeWarning, match="MAX_ITER") as record:
-        x = jd_dict_minimize.minimize(
-            rosenbrock_value_and_grad, _dict_x0(), options={"maxiter": 2}
-        )
+        x = jd_dict_minimize.minimize(rosenbrock_value_and_grad, _dict_x0(), options={"maxiter": 2})
     ours = [w for w in record if "MAX_ITER" in str(w.message)]
     assert jd.Status.MAX_ITER.message in str(ours[0].message)
     assert list(x) == ["a", "b"]

@@ -213,9 +213,7 @@ def test_trace_under_strict_promotion():
 F64_OPTION_CASES = [
     pytest.param("GD", {"learning_rate": 0.1}, id="GD-fixed"),
     pytest.param("momentum", {"learning_rate": 0.1, "momentum": 0.5}, id="momentum"),
-    pytest.param(
-        "Adam", {"learning_rate": 0.05, "b1": 0.9, "b2": 0.999, "eps": 1e-8}, id="Adam"
-    ),
+    pytest.param("Adam", {"learning_rate": 0.05, "b1": 0.9, "b2": 0.999, "eps": 1e-8}, id="Adam"),
     pytest.param("PG", {"learning_rate": 0.5}, id="PG"),
     pytest.param(
         "Newton",

@@ -378,7 +378,9 @@ def more_thuente_advance(
     # A non-finite trial: the bracket's far end, halfway there next.
     fy, gy = jnp.where(finite, fy, jnp.inf), jnp.where(finite, gy, 0.0)
     sty = jnp.where(finite, sty, stp)
-    stx, fx, gx = (jnp.where(finite, new, old) for new, old in ((stx, s.stx), (fx, s.fx), (gx, s.gx)))
+    stx, fx, gx = (
+        jnp.where(finite, new, old) for new, old in ((stx, s.stx), (fx, s.fx), (gx, s.gx))
+    )
     raw = jnp.where(finite, raw, s.stx + 0.5 * (stp - s.stx))
     bracketed = bracketed | ~finite
     span = jnp.abs(sty - stx)

@@ -152,7 +152,7 @@ def _lower_upper(bounds: Any, x0: PyTree) -> tuple[Any, Any]:
     if hasattr(bounds, "lb") and hasattr(bounds, "ub") and not isinstance(bounds, (tuple, list)):
         return _from_flat(bounds.lb, x0, "lb", -jnp.inf), _from_flat(bounds.ub, x0, "ub", jnp.inf)
     if not isinstance(bounds, (tuple, list)):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004 (SPEC section 7: bounds that fit no format)
             "bounds must be None, a pair (lower, upper) (each side None, a scalar, or a pytree "
             "with x0's structure), a sequence of (lo, hi) pairs, one per coordinate of x0, or "
             f"a scipy.optimize.Bounds; got {type(bounds).__name__}."
@@ -304,8 +304,7 @@ class Objective(NamedTuple):
     def _split_aux(out: Any, form: str) -> Any:
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise TypeError(
-                f"has_aux=True means fun returns {form}, but it returned "
-                f"{jax.tree.structure(out)}."
+                f"has_aux=True means fun returns {form}, but it returned {jax.tree.structure(out)}."
             )
         for leaf in jax.tree.leaves(out[1]):
             if not isinstance(leaf, jax.ShapeDtypeStruct):

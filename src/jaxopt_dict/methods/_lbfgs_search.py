@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from jaxopt_dict._linesearch import MoreThuente, more_thuente_start, more_thuente_step
 from jaxopt_dict._method import Box
-from jaxopt_dict._tree import dots, ravel as ravel_pytree
+from jaxopt_dict._tree import dots
+from jaxopt_dict._tree import ravel as ravel_pytree
 
 BIG_STEP = 1e10  # scipy's stpmax when no bound limits the step
 WOLFE_GTOL = 0.9  # dcsrch's curvature constant in L-BFGS-B (its ftol is 1e-3, xtol 0.1)

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 
 from jaxopt_dict._linesearch import WolfeTask, more_thuente_advance, more_thuente_step
 from jaxopt_dict._method import StepOutcome, Stepper
-from jaxopt_dict._tree import all_finite, materialize, ravel as ravel_pytree, vdot
+from jaxopt_dict._tree import all_finite, materialize, vdot
+from jaxopt_dict._tree import ravel as ravel_pytree
 from jaxopt_dict.methods._lbfgs_search import (
     WOLFE_GTOL,
     SearchState,

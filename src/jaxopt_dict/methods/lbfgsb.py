@@ -40,7 +40,8 @@ from jaxopt_dict._compact import (
 from jaxopt_dict._linesearch import WolfeTask, more_thuente_advance, more_thuente_step
 from jaxopt_dict._method import Method, StepOutcome, Stepper
 from jaxopt_dict._options import SCIPY_FTOL, Option, line_search_options
-from jaxopt_dict._tree import dots, materialize, ravel as ravel_pytree
+from jaxopt_dict._tree import dots, materialize
+from jaxopt_dict._tree import ravel as ravel_pytree
 from jaxopt_dict.methods._lbfgs_search import (
     WOLFE_GTOL,
     Bounds,

@@ -12,7 +12,8 @@ from jaxopt_dict._linesearch import backtracking_stepper
 from jaxopt_dict._method import Evaluation, Method, StepOutcome, Stepper
 from jaxopt_dict._modified_cholesky import modified_cholesky_solve
 from jaxopt_dict._options import Option, line_search_options
-from jaxopt_dict._tree import promoted, ravel as ravel_pytree
+from jaxopt_dict._tree import promoted
+from jaxopt_dict._tree import ravel as ravel_pytree
 
 
 def newton_direction(hess: jax.Array, grad: jax.Array) -> jax.Array:
