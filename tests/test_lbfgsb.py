@@ -261,7 +261,8 @@ def test_inactive_bounds_do_not_hide_a_small_gradient_in_float32():
     g = np.asarray(jax.grad(_log_cosh_far)(jnp.asarray(res.x, jnp.float64)))
     assert int(res.status) == jd.Status.CONVERGED, res.message
     assert np.max(np.abs(g)) <= 2e-5
-    np.testing.assert_allclose(res.x, [1e4 + 0.3, 2e4 + 0.7, 3e4 + 0.1], atol=5.0)
+    # |g| = tanh(z) / 1000 <= 2e-5 puts x within 1000 * atanh(0.02) = 20 of the centers.
+    np.testing.assert_allclose(res.x, [1e4 + 0.3, 2e4 + 0.7, 3e4 + 0.1], atol=20.0)
 
 
 def test_lbfgs_takes_no_bounds():

@@ -28,11 +28,11 @@ import numpy as np
 import optax
 
 from jaxopt_dict._implicit import with_implicit_diff
-from jaxopt_dict._loop import LoopConfig, advance, finish, start, varying_like_body
+from jaxopt_dict._loop import LoopConfig, advance, finish, start
 from jaxopt_dict._method import Method
 from jaxopt_dict._minimize import SolveStatic, evaluate_objective, prepare_solve
 from jaxopt_dict._result import RUNNING, OptimizeResult
-from jaxopt_dict._tree import project
+from jaxopt_dict._tree import project, vary_over_manual_axes
 
 PyTree = Any
 
@@ -140,7 +140,7 @@ def _solve_queue_impl(
         jnp.asarray(lanes, jnp.int32),
         results,
     )
-    return jax.lax.while_loop(cond, body, varying_like_body(loop))[5]
+    return jax.lax.while_loop(cond, body, vary_over_manual_axes(loop))[5]
 
 
 # One compiled program per (method, fun, static options, lanes, args axes); differentiable

@@ -23,7 +23,13 @@ import optax
 
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace, status_message
-from jaxopt_dict._tree import inf_norms, project, projected_gradient, promoted
+from jaxopt_dict._tree import (
+    inf_norms,
+    project,
+    projected_gradient,
+    promoted,
+    vary_over_manual_axes,
+)
 
 PyTree = Any
 
@@ -369,29 +375,6 @@ def finish(c: _Carry, config: LoopConfig) -> OptimizeResult:
     )
 
 
-def varying_like_body(carry: Any) -> Any:
-    """``carry`` varying over every manual mesh axis, when traced inside ``shard_map``.
-
-    There a value computed from sharded inputs is "varying" over the mesh axes, and
-    ``while_loop`` (like ``cond``) requires the carry's types, varying axes included, to
-    be the same on entry and exit; the initial carry's zeros and counters are not varying,
-    while what the loop body computes from the problem's data is. Outside ``shard_map``
-    this is the identity.
-    """
-    axes = tuple(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()) or ())
-    if not axes:
-        return carry
-
-    def varying(leaf):
-        t = jax.typeof(leaf)
-        manual = getattr(t, "manual_axis_type", None)
-        have = frozenset(getattr(manual, "varying", None) or getattr(t, "vma", None) or ())
-        missing = tuple(a for a in axes if a not in have)
-        return jax.lax.pcast(leaf, missing, to="varying") if missing else leaf
-
-    return jax.tree.map(varying, carry)
-
-
 def run(
     stepper: Stepper,
     evaluate: Callable[[PyTree], Evaluation],
@@ -417,7 +400,7 @@ def run(
         ev = evaluate(c.trial)  # The one evaluation of this trip.
         return advance(stepper, c, ev, box, opts, config)
 
-    carry = varying_like_body(carry)
+    carry = vary_over_manual_axes(carry)
     carry = jax.lax.while_loop(lambda c: c.status == RUNNING, body, carry)
     result = finish(carry, config)
     if config.disp:

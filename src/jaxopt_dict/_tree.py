@@ -187,3 +187,26 @@ def materialize(tree: PyTree) -> PyTree:
 
 
 _SAME_WIDTH_INT = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+
+
+def vary_over_manual_axes(tree: PyTree) -> PyTree:
+    """``tree`` varying over every manual mesh axis, when traced inside ``shard_map``.
+
+    There a value computed from sharded inputs is "varying" over the mesh axes, and
+    ``while_loop`` (like ``cond``) requires the carry's types, varying axes included, to
+    be the same on entry and exit; the initial carry's zeros and counters are not varying,
+    while what the loop body computes from the problem's data is. Outside ``shard_map``
+    this is the identity.
+    """
+    axes = tuple(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()) or ())
+    if not axes:
+        return tree
+
+    def varying(leaf):
+        t = jax.typeof(leaf)
+        manual = getattr(t, "manual_axis_type", None)
+        have = frozenset(getattr(manual, "varying", None) or getattr(t, "vma", None) or ())
+        missing = tuple(a for a in axes if a not in have)
+        return jax.lax.pcast(leaf, missing, to="varying") if missing else leaf
+
+    return jax.tree.map(varying, tree)
