@@ -51,3 +51,13 @@ def compile_log():
         yield log
     finally:
         jax.monitoring.unregister_event_duration_listener(log)
+
+
+@pytest.fixture(scope="module")
+def float64_module():
+    """float64 for one module only, restored after it (use with ``pytest.mark.usefixtures``
+    in ``pytestmark``), for modules that must not leave x64 switched on."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)

@@ -26,13 +26,7 @@ from jaxopt_dict.methods import method_names, resolve_method
 INF = np.inf
 
 
-@pytest.fixture(scope="module", autouse=True)
-def float64():
-    """float64 for this module only (other modules may run in float32)."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64_module")
 
 
 @pytest.fixture

@@ -31,12 +31,7 @@ BOX = (-0.5, 0.5)
 ATOL = 1e-4  # gtol 1e-5 and w >= 1: |x - c| <= 5e-6 at a converged point
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _x64():
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
+pytestmark = pytest.mark.usefixtures("float64_module")
 
 
 @contextlib.contextmanager
