@@ -3,6 +3,8 @@ and float32 tests pass explicit float32 arrays so they hold whichever mode is ac
 
 from __future__ import annotations
 
+import gc
+
 import jax
 import jax.monitoring
 import pytest
@@ -61,3 +63,13 @@ def float64_module():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop JAX's caches of compiled programs after each module. Every XLA:CPU executable
+    keeps memory mappings, and the whole suite in one process compiles enough of them to
+    pass Linux's vm.max_map_count (65,530): XLA then aborts the process mid-compile."""
+    yield
+    jax.clear_caches()
+    gc.collect()
