@@ -3,10 +3,10 @@
 Where H is safely positive definite (a Cholesky factorization with every pivot at least
 ``delta``), E = 0 and this is the plain Cholesky solve. Elsewhere ``H + E`` is positive
 definite with a size set by H, so Newton's direction stays a descent direction of sensible
-length. No ``fun`` call inside: pure linear algebra, so the driver's loop stays the only one
-that evaluates. Two modifications, by size:
+length. Pure linear algebra, no ``fun`` call inside, so the driver's loop stays the only
+one that evaluates. Nocedal & Wright, "Numerical Optimization" (2006), sec. 3.4.
 
-Gill–Murray–Wright (n <= GMW_MAX_N): ``P (H + E) P^T = L D L^T`` with P a symmetric
+n <= LOOPED_MAX_N, Gill–Murray–Wright: ``P (H + E) P^T = L D L^T`` with P a symmetric
 pivoting (the largest remaining diagonal entry in magnitude goes next), L unit lower
 triangular and E >= 0 diagonal, chosen column by column so that every pivot ``d_j >=
 delta`` and every scaled factor entry ``|l_ij| sqrt(d_j) <= beta``. For H positive definite
@@ -16,25 +16,35 @@ leaves a tiny pivot later (a step too long for any line search): on 2-D Rosenbro
 1,000 random starts, 49 Newton solves failed that way; pivoted, none. Gill, Murray &
 Wright, "Practical Optimization" (1981), sec. 4.4.2.2.
 
-Eigenvalue modification (n > GMW_MAX_N; Nocedal & Wright, "Numerical Optimization"
-(2006), sec. 3.4): ``H = Q diag(lam) Q^T`` and ``H + E = Q diag(lam') Q^T`` with ``lam'_i =
-max(|lam_i|, sqrt(eps) max_k |lam_k|, delta)``. Negative eigenvalues are flipped, not raised
-to a small floor as in the least-norm modification (eq. 3.41), so a direction of negative
-curvature gets the model's step length ``|g_i| / |lam_i|`` instead of ``|g_i| / delta``. The
-relative floor caps ``cond(H + E)`` at ``1 / sqrt(eps)``: eigh's eigenvalues carry absolute
-errors of order ``eps ||H||``, so smaller ``|lam_i|`` are mostly rounding. GMW's ``delta``
-covers H = 0. Measured, Newton on the Moré–Garbow–Hillstrom zoo padded to n = 130 (every
-Hessian that is not positive definite takes this path): 402 evaluations with this floor,
-407 with ``delta`` alone, 407 with GMW, 723 and one failure with eq. 3.41; floors of 1e-2
-and 1e-1 ``max |lam|`` took 572 and 1,207 (one failure; the zoo padded to n = 20 and this
-path forced), slowing the ill-conditioned problems. It costs one ``eigh``, LAPACK's blocked
-O(n^3), where the looped GMW sweeps the n x n Schur complement through memory n times: at
-n = 3000, 3.5 s against 73 s (issue 18). Single solves, one OpenBLAS thread, eigh against looped GMW: n = 128, 1.19
-against 1.02 ms; n = 192, 2.7 against 3.6 ms; n = 384, 13 against 31 ms. Under ``vmap``
-GMW fuses over the batch and keeps its lead up to n ~ 128 (n = 32: 0.046 against 0.078 ms
-per matrix), hence GMW_MAX_N = 128.
+Larger n, Cholesky with an added multiple of the identity (Nocedal & Wright, Algorithm
+3.3): ``E = tau I``, tau the first of 0 (if H's diagonal is positive: the plain
+factorization), else ``beta - min h_ii``, then doublings, at least ``beta``, at which
+LAPACK's Cholesky succeeds with pivots of at least ``delta``, in a bounded
+``lax.while_loop`` of factorizations. ``beta = 1e-3 max |h_ij|`` (at least ``delta``): N&W's
+1e-3, made scale-free. Then tau is at most ``2 |lam_min| + beta`` and the shifted matrix's
+least eigenvalue at most ``|lam_min| + beta`` (both up to ``2 delta``): a step of sensible
+length. It takes at most ``log2(1e3 n) + 2`` factorizations (``|lam_min| <= n max
+|h_ij|``): 1 or 2 on the indefinite iterates of ``benchmarks/newton_large.py``, the most
+where a positive diagonal hides a large negative eigenvalue (``a a^T / n - 0.5 I``, n =
+500: 75 ms, as the looped GMW, against 3 ms for a Cholesky and 23 ms for eigh). Before
+(issue 18), a failed Cholesky fell back to the looped GMW below, which sweeps the n x n
+Schur complement through memory once per column: 73 s a factorization at n = 3000, where
+a Cholesky takes 0.06 to 0.3 s (2 or 1 OpenBLAS threads) and ``eigh``, for an eigenvalue
+modification (N&W eq. 3.41), 2.2 to 4.2 s.
+Measured with each fallback above n = 16, Newton on the Moré–Garbow–Hillstrom zoo padded to
+n = 20 took 365 evaluations, against 407 with GMW and, padded to n = 130, 402 with the
+eigenvalue modification ``lam' = max(|lam|, sqrt(eps) max |lam|)``, 723 and one failure
+with ``lam' = max(lam, delta)`` (eq. 3.41); on the rotated double well of
+``tests/test_modified_cholesky.py`` (n = 40) 7, against 111 with GMW (ending at another
+minimizer) and 21 with flipped eigenvalues; on the benchmark's problem (n = 300, 3 seeds)
+46, as with flipped eigenvalues, from near the minimizers, and 59 against 138 from near
+the saddle. A uniform shift is not scale-aware within H (it also shortens the steps along
+small positive curvature), but no problem measured here paid for it. Under ``vmap``, on
+indefinite batches with 1 OpenBLAS thread, it took 7.8 against 30 ms (Cholesky, then the
+looped GMW) for 1,000 matrices at n = 24 and 16 against 83 ms for 50 at n = 128; single
+solves took the same time either way, definite or not, at n = 24 and 64.
 
-How it is computed, by size (the GMW variants give the same numbers up to rounding):
+How it is computed, by size:
 
 * ``n <= UNROLLED_MAX_N`` (1 and 2): GMW written out entry by entry, every operation
   elementwise, so under ``vmap`` the solve fuses into the trip's few kernels over the
@@ -44,12 +54,11 @@ How it is computed, by size (the GMW variants give the same numbers up to roundi
   one call took longer than 5 s).
 * ``n <= LOOPED_MAX_N``: GMW one column per trip of a ``lax.scan``, pivots as one-hot masks
   (no gathers), the forward substitution fused into the factorization: n trips for every
-  problem of a batch.
-* larger n: LAPACK's Cholesky first; only where it fails (not finite, or a pivot below
-  ``delta``) the looped GMW (n <= GMW_MAX_N) or the eigenvalue modification runs, in a
-  ``lax.cond`` branch, so a positive definite H costs one Cholesky. LAPACK's batched
-  factorizations loop over the batch one small matrix at a time, which is why small n
-  avoid them: under ``vmap`` the branch becomes a select and both sides run.
+  problem of a batch. The same numbers as the unrolled solve up to rounding.
+* larger n: the shifted Cholesky, one factorization for a positive definite H. Under
+  ``vmap`` the loop runs until every problem of the batch has succeeded, one batched
+  factorization per trip. LAPACK's batched factorizations loop over the batch one small
+  matrix at a time, which is why small n avoid them.
 """
 
 from __future__ import annotations
@@ -64,9 +73,8 @@ from jaxopt_dict._tree import vary_over_manual_axes
 
 UNROLLED_MAX_N = 2
 LOOPED_MAX_N = 16
-GMW_MAX_N = 128
-SHIFT_BETA = 1e-3
-SHIFT_MAX_TRIPS = 64
+SHIFT_BETA = 1e-3  # Nocedal & Wright's beta, relative to max |h_ij|
+SHIFT_MAX_TRIPS = 64  # > log2(1e3 n) + 2 for any n: reached only by a non-finite H
 
 
 def _bounds(hess: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -124,12 +132,12 @@ def _solve_unrolled(hess: jax.Array, rhs: jax.Array) -> jax.Array:
     return jnp.stack(x)
 
 
-def _solve_looped(hess: jax.Array, rhs: jax.Array, bounds=None) -> jax.Array:
+def _solve_looped(hess: jax.Array, rhs: jax.Array) -> jax.Array:
     """The factorization one column per ``lax.scan`` trip (right-looking, fused with the
     forward substitution), then the back substitution. Rows and columns stay in place; a
-    step's pivot is a one-hot mask. ``bounds``: ``_bounds(hess)`` if already computed."""
+    step's pivot is a one-hot mask."""
     n = rhs.shape[0]
-    beta2, delta = _bounds(hess) if bounds is None else bounds
+    beta2, delta = _bounds(hess)
     index = jnp.arange(n)
 
     def factor(carry, _):
@@ -170,9 +178,9 @@ def _solve_shifted(hess: jax.Array, rhs: jax.Array, delta: jax.Array) -> jax.Arr
         chol = jnp.linalg.cholesky(jnp.where(tau > 0, hess + tau * eye, hess))
         return chol, jnp.all(jnp.isfinite(chol)) & (jnp.min(jnp.diagonal(chol)) ** 2 >= delta)
 
-    def failed(state) -> jax.Array:
-        _, _, ok, trips = state
-        return ~ok & (trips < SHIFT_MAX_TRIPS)
+    def failed(state) -> jax.Array:  # a non-finite H stops at once (tau not finite)
+        _, tau, ok, trips = state
+        return ~ok & (trips < SHIFT_MAX_TRIPS) & jnp.isfinite(tau)
 
     def retry(state):
         _, tau, _, trips = state
@@ -184,24 +192,18 @@ def _solve_shifted(hess: jax.Array, rhs: jax.Array, delta: jax.Array) -> jax.Arr
     # side (jaxlib 0.10's, run so under vmap, each hold a worker of the intra-op pool while
     # waiting on it: a deadlock on 2 cores).
     chol, ok = attempt(tau)
-    chol, _, _, _ = jax.lax.while_loop(failed, retry, (chol, tau, ok, jnp.zeros((), jnp.int32)))
+    carry = vary_over_manual_axes((chol, tau, ok, jnp.zeros((), jnp.int32)))  # (shard_map)
+    chol, _, _, _ = jax.lax.while_loop(failed, retry, carry)
     return jax.scipy.linalg.cho_solve((chol, True), rhs)
 
 
 def modified_cholesky_solve(hess: jax.Array, rhs: jax.Array) -> jax.Array:
     """``x`` with ``(H + E) x = rhs``: E = 0 where H (symmetrized) is safely positive
-    definite, else GMW's diagonal E (n <= GMW_MAX_N) or ``tau I`` (larger n); see the
-    module docstring."""
+    definite, else GMW's diagonal E (n <= LOOPED_MAX_N) or ``tau I`` (module docstring)."""
     hess = 0.5 * (hess + hess.T)
     n = rhs.shape[0]
     if n <= UNROLLED_MAX_N:
         return _solve_unrolled(hess, rhs)
     if n <= LOOPED_MAX_N:
         return _solve_looped(hess, rhs)
-    bounds = _bounds(hess)
-    if n > GMW_MAX_N:
-        return _solve_shifted(hess, rhs, bounds[1])
-    chol = jnp.linalg.cholesky(hess)
-    x = jax.scipy.linalg.cho_solve((chol, True), rhs)
-    plain = jnp.all(jnp.isfinite(x)) & (jnp.min(jnp.diagonal(chol)) ** 2 >= bounds[1])
-    return jax.lax.cond(plain, lambda: x, lambda: _solve_looped(hess, rhs, bounds))
+    return _solve_shifted(hess, rhs, _bounds(hess)[1])

@@ -20,8 +20,9 @@ def newton_direction(hess: jax.Array, grad: jax.Array) -> jax.Array:
     """Solve ``(H + E) d = -g`` by a modified Cholesky factorization: E = 0 where H is safely
     positive definite (the plain Newton step), else ``H + E`` positive definite, which keeps
     d a descent direction of sensible length near saddles and where H is indefinite
-    (Nocedal & Wright sec. 3.4): the Gill–Murray–Wright diagonal E for n <= 128, above it
-    H's eigenvalues replaced by ``max(|lam_i|, sqrt(eps) max|lam|)`` (``_modified_cholesky``)."""
+    (Nocedal & Wright sec. 3.4): GMW's diagonal E for n <= 16, above it ``E = tau I`` with
+    the least tau found by doubling for which Cholesky succeeds (N&W Algorithm 3.3; see
+    ``_modified_cholesky``)."""
     return -modified_cholesky_solve(hess, grad)
 
 
