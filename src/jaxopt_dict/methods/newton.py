@@ -1,6 +1,7 @@
 """Newton's method: the Hessian by ``jax.jacobian`` twice on the flattened parameters,
-solved by a Cholesky factorization, modified (Gill–Murray–Wright) where the Hessian is not
-safely positive definite; a backtracking line search or a fixed damped step.
+solved by a Cholesky factorization, modified where the Hessian is not safely positive
+definite (Gill–Murray–Wright for n <= 16, a shifted Cholesky of H + tau I above, see
+``_modified_cholesky``); a backtracking line search or a fixed damped step.
 """
 
 from __future__ import annotations
