@@ -37,7 +37,7 @@ from jaxopt_dict._tree import project, vary_over_manual_axes
 PyTree = Any
 
 
-def _take(tree: PyTree, index: jax.Array) -> PyTree:
+def _take(tree: PyTree, index: int | jax.Array) -> PyTree:
     return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
@@ -226,11 +226,19 @@ def minimize_batch(
     n_problems = _batch_size(x0, args, args_axes)
     lanes = min(n_problems, 256 if lanes is None else int(lanes))
     one_problem = tuple(_take(a, 0) if axis == 0 else a for a, axis in zip(args, args_axes))
-    static, _, dynamic, box = prepare_solve(
+    static, _, solve_args, dynamic, box = prepare_solve(
         fun, _take(x0, 0), one_problem, method, jac, bounds, tol, options, None, has_aux
     )
+    # The arrays fun/jac hold (a hidden leading arg, if any) are shared by all problems.
+    hidden = len(solve_args) - len(one_problem)
+    args, args_axes = solve_args[:hidden] + args, (None,) * hidden + args_axes
     if options and (options.get("disp") or options.get("trace")):  # a dict by now
         raise ValueError("minimize_batch does not take disp or trace; use jax.vmap(minimize).")
+    if dict(static.options)["adjoint"] != "implicit":
+        raise ValueError(
+            "minimize_batch differentiates implicitly only (options['adjoint']='implicit'); "
+            "for adjoint='unrolled' use jax.vmap(minimize)."
+        )
     x0 = jax.tree.map(jnp.asarray, x0)
     return _solve_queue((static, lanes, args_axes), x0, args, dynamic, box)
 
@@ -264,6 +272,7 @@ def _batch_size(x0: PyTree, args: tuple, args_axes: tuple[int | None, ...]) -> i
             "args_axes=None)."
         )
     (n_problems,) = by_size
+    assert n_problems is not None
     if n_problems == 0:
         raise ValueError(
             "minimize_batch got an empty batch (B = 0: the leading axis of x0's leaves has "

@@ -10,10 +10,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxopt_dict._callable import Skeleton, rebuild, split_callable
 from jaxopt_dict._method import Box, Evaluation
 from jaxopt_dict._tree import ravel as ravel_pytree
 
@@ -237,11 +239,24 @@ class Objective(NamedTuple):
     """``fun`` and ``jac`` as the user gave them; hashable, so it can key the jit cache.
 
     With ``has_aux``, ``fun`` returns ``(value, aux)`` (with ``jac=True``:
-    ``((value, aux), grad)``); ``aux`` is any pytree of arrays, kept for the iterate."""
+    ``((value, aux), grad)``); ``aux`` is any pytree of arrays, kept for the iterate.
 
-    fun: Callable[..., Any]
+    With ``data_in_args``, ``fun`` and ``jac`` are skeletons (``_callable.split_callable``)
+    and ``args[0]`` is ``(fun's data, jac's data)``, the arrays they hold: a hidden leading
+    arg, so that new values do not recompile and derivatives in them are implicit, as for
+    the user's args. ``bind`` puts the callables back together (see ``make_objective``)."""
+
+    fun: Any  # a callable (a Skeleton with data_in_args)
     jac: Any = None  # None, True, or a callable
     has_aux: bool = False
+    data_in_args: bool = False
+
+    def bind(self, args: tuple) -> tuple[Callable[..., Any], Any, tuple]:
+        """``(fun, jac, user_args)``: the callables holding their data, and the user's args."""
+        if not self.data_in_args:
+            return self.fun, self.jac, args
+        (fun_data, jac_data), args = args[0], args[1:]
+        return rebuild(self.fun, fun_data), rebuild(self.jac, jac_data), args
 
     def check(self, x0: PyTree, args: tuple) -> None:
         """Trace ``fun`` abstractly once (no compilation) and check what it returns.
@@ -250,11 +265,13 @@ class Objective(NamedTuple):
           TypeError: non-scalar or non-float value, a ``jac=True`` fun that does not return
             a pair, or a gradient whose structure or leaf shapes differ from x0's.
         """
-        if not callable(self.fun):
-            raise TypeError(f"fun must be callable, got {type(self.fun).__name__}.")
-        if not (self.jac is None or self.jac is True or callable(self.jac)):
+        fun, jac, _ = self.bind(args)
+        if not callable(fun):
+            raise TypeError(f"fun must be callable, got {type(fun).__name__}.")
+        if not (jac is None or jac is True or callable(jac)):
             raise TypeError("jac must be None, True, or a callable returning the gradient.")
-        out = jax.eval_shape(self.fun, _abstract(x0), *_abstract(args))
+
+        out = _fun_shape(self, _abstract(x0), _abstract(args))
         if self.jac is True:
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
                 raise TypeError(
@@ -266,18 +283,10 @@ class Objective(NamedTuple):
                 value = self._split_aux(value, "((value, aux), gradient)")
         elif self.has_aux:
             value = self._split_aux(out, "(value, aux)")
-            grad = (
-                jax.eval_shape(self.jac, _abstract(x0), *_abstract(args))
-                if callable(self.jac)
-                else None
-            )
+            grad = _jac_shape(self, _abstract(x0), _abstract(args)) if callable(jac) else None
         else:
             value = out
-            grad = (
-                jax.eval_shape(self.jac, _abstract(x0), *_abstract(args))
-                if callable(self.jac)
-                else None
-            )
+            grad = _jac_shape(self, _abstract(x0), _abstract(args)) if callable(jac) else None
         if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != ():
             raise TypeError(
                 f"fun must return a scalar, got {getattr(value, 'shape', type(value).__name__)}."
@@ -314,16 +323,17 @@ class Objective(NamedTuple):
     def value_grad_aux(self, x: PyTree, args: tuple) -> tuple[jax.Array, PyTree, Any]:
         """f, its gradient (in x's dtypes) and fun's aux (``None`` without has_aux), from
         one fused evaluation."""
+        fun, jac, args = self.bind(args)
         aux = None
-        if self.jac is None:
-            out, g = jax.value_and_grad(self.fun, has_aux=self.has_aux)(x, *args)
+        if jac is None:
+            out, g = jax.value_and_grad(fun, has_aux=self.has_aux)(x, *args)
             f, aux = out if self.has_aux else (out, None)
-        elif self.jac is True:
-            f, g = self.fun(x, *args)
+        elif jac is True:
+            f, g = fun(x, *args)
             if self.has_aux:
                 f, aux = f
         else:
-            f, g = self.fun(x, *args), self.jac(x, *args)
+            f, g = fun(x, *args), jac(x, *args)
             if self.has_aux:
                 f, aux = f
         return jnp.asarray(f), optax.tree.cast_like(g, x), aux
@@ -334,7 +344,8 @@ class Objective(NamedTuple):
 
     def aux(self, x: PyTree, args: tuple) -> Any:
         """fun's aux at x (``has_aux=True``): what ``res.aux`` holds, and its derivative."""
-        out = self.fun(x, *args)
+        fun, _, args = self.bind(args)
+        out = fun(x, *args)
         return (out[0] if self.jac is True else out)[1]
 
     def evaluate(self, x: PyTree, args: tuple, hessian: bool = False) -> Evaluation:
@@ -351,3 +362,40 @@ class Objective(NamedTuple):
 
         hess, (f, g, aux) = jax.jacobian(flat_grad, has_aux=True)(flat)
         return Evaluation(x, f, g, hess, fun_aux=aux)
+
+
+def _call_fun(objective: Objective, x: PyTree, args: tuple) -> Any:
+    fun, _, user_args = objective.bind(args)
+    return fun(x, *user_args)
+
+
+def _call_jac(objective: Objective, x: PyTree, args: tuple) -> Any:
+    _, jac, user_args = objective.bind(args)
+    return jac(x, *user_args)
+
+
+# ``Objective.check``'s abstract evaluations, cached per objective (and abstract inputs)
+# as ``jax.eval_shape`` caches them per function: a repeated solve does not trace fun again.
+_fun_shape = jax.jit(_call_fun, static_argnums=0).eval_shape
+_jac_shape = jax.jit(_call_jac, static_argnums=0).eval_shape
+
+
+def make_objective(fun: Any, jac: Any, has_aux: bool, args: tuple) -> tuple[Objective, tuple]:
+    """The ``Objective`` for ``fun``/``jac`` and the args the solve takes.
+
+    The arrays a callable holds are data (``_callable.split_callable``): where ``fun`` or a
+    callable ``jac`` holds any, they travel as a hidden leading arg ``(fun's data, jac's
+    data)`` and the objective keeps their skeletons; otherwise the objective is as the user
+    gave it and ``args`` are unchanged.
+
+    Raises:
+      TypeError: a part of ``fun`` or ``jac`` that is not an array cannot be hashed.
+    """
+    fun_data = jac_data = ()
+    if callable(fun):
+        fun, fun_data = split_callable(fun, "fun")
+    if callable(jac) and jac is not True:
+        jac, jac_data = split_callable(jac, "jac")
+    if not (isinstance(fun, Skeleton) or isinstance(jac, Skeleton)):
+        return Objective(fun, jac, has_aux), args
+    return Objective(fun, jac, has_aux, data_in_args=True), ((fun_data, jac_data),) + args

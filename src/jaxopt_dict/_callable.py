@@ -1,0 +1,347 @@
+"""A user's ``fun`` (or ``jac``) as a hashable skeleton plus the arrays it holds.
+
+The compiled solve is keyed on ``fun`` as a static argument, so ``fun`` must be hashable,
+and whatever arrays it holds would be baked into the program as constants: a new value
+(``model.w = new_w``) would silently hit the cache with the old one. Here a callable is
+split into ``(skeleton, data)``: ``data`` is a tuple of the array leaves it holds (they
+travel into the solve as an argument, so new values do not recompile and derivatives
+with respect to them are implicit, as for ``args``), and ``skeleton`` is everything else,
+hashable and compared by value, which ``rebuild`` turns back into an equivalent callable.
+
+What is looked into (recursively, up to ``_MAX_DEPTH`` levels):
+
+- a registered pytree (``jax.tree_util.Partial``, an equinox-style Module, tuples, dicts):
+  flattened one level; array leaves are data, the rest is split again;
+- a bound method: its ``__self__``; a ``functools.partial``: its func, args and keywords;
+- any other object with a ``__dict__`` (or ``__slots__``) that is not a function, class or
+  module (plain classes, dataclasses, frozen ones too): its attributes, rebuilt on a
+  ``copy.copy`` with ``object.__setattr__``.
+
+Functions, lambdas and builtins are kept as they are (static, compared by identity), and so
+is any part that holds no array and is hashable: a plain function, or a hashable object
+holding no arrays, keys the cache exactly as before. Arrays inside a function's closure are
+not seen (a closure is code, not data): pass them through ``args`` or a partial.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import types
+from typing import Any
+
+import jax
+import numpy as np
+
+_MAX_DEPTH = 32  # objects nested deeper are kept whole (static)
+_MAX_NODES = 10_000  # past this many parts, the rest is kept whole (static)
+
+
+def _is_array(value: Any) -> bool:
+    """Data: a jax array (tracers included) or a numeric numpy array."""
+    if isinstance(value, jax.Array):
+        return True
+    return isinstance(value, np.ndarray) and value.dtype.kind in "biufc"
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except Exception:  # noqa: BLE001 (a hash can raise anything)
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    """Where one array of ``data`` goes."""
+
+
+class _Static:
+    """A part kept as it is; compared by type and value (functions: by identity)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return hash((type(self.value), self.value))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Static):
+            return NotImplemented
+        a, b = self.value, other.value
+        if a is b:
+            return True
+        if type(a) is not type(b):
+            return False
+        try:
+            return bool(a == b)
+        except Exception:  # noqa: BLE001 (an __eq__ can raise anything)
+            return False
+
+    def __repr__(self) -> str:
+        return f"_Static({self.value!r})"
+
+
+class _ById:
+    """A part compared by identity (an object's own dunder attributes, e.g.
+    ``__wrapped__``): not split, and hashable whatever it is."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ById) and other.value is self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tree:
+    """A registered pytree node: its treedef (one level) and its children."""
+
+    treedef: Any
+    children: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class _Method:
+    """A bound method: ``types.MethodType(func, self)``."""
+
+    func: Any
+    self_: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Partial:
+    """A ``functools.partial`` (or subclass): ``cls(func, *args, **keywords)``."""
+
+    cls: type
+    func: Any
+    args: tuple
+    keywords: tuple  # ((name, node), ...)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Object:
+    """An object rebuilt as ``copy.copy(template)`` with its attributes set. The template
+    is a copy with the split attributes set to None (it holds no data), and is not part of
+    the key: two instances of one class with equal non-array attributes share a program."""
+
+    cls: type
+    names: tuple[str, ...]
+    children: tuple
+    template: Any = dataclasses.field(compare=False, hash=False, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Skeleton:
+    """A callable without its arrays; ``rebuild(skeleton, data)`` puts them back."""
+
+    root: Any
+    n_leaves: int
+
+
+class _Splitter:
+    """One split: collects the data leaves, and the paths of unhashable static parts."""
+
+    def __init__(self) -> None:
+        self.data: list[Any] = []
+        self.unhashable: list[tuple[str, Any]] = []
+        self.nodes = 0
+
+    def split(self, value: Any, path: str, depth: int, seen: frozenset) -> Any:
+        """The node for ``value``; a part holding no array and hashable stays whole."""
+        if _is_array(value):
+            self.data.append(value)
+            return _Leaf()
+        self.nodes += 1
+        n_data, n_unhashable = len(self.data), len(self.unhashable)
+        node = None
+        within_limits = depth < _MAX_DEPTH and self.nodes < _MAX_NODES
+        if within_limits and id(value) not in seen:
+            node = self._split_parts(value, path, depth + 1, seen | {id(value)})
+        if node is None or len(self.data) == n_data:
+            if _hashable(value):
+                del self.unhashable[n_unhashable:]
+                return _Static(value)
+            if node is None:
+                where = path if within_limits else f"{path} (nested too deep to look into)"
+                self.unhashable.append((where, value))
+                return _Static(value)
+        return node
+
+    def _split_parts(self, value: Any, path: str, depth: int, seen: frozenset) -> Any:
+        """``value`` split into parts, or ``None`` if it is kept whole."""
+        if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+            return None
+        if isinstance(value, types.ModuleType):
+            return None
+        tree = self._split_tree(value, path, depth, seen)
+        if tree is not None:
+            return tree
+        if isinstance(value, types.MethodType):
+            return _Method(
+                self.split(value.__func__, f"{path}.__func__", depth, seen),
+                self.split(value.__self__, f"{path}.__self__", depth, seen),
+            )
+        if isinstance(value, functools.partial):
+            return _Partial(
+                type(value),
+                self.split(value.func, f"{path}.func", depth, seen),
+                tuple(
+                    self.split(a, f"{path}.args[{i}]", depth, seen)
+                    for i, a in enumerate(value.args)
+                ),
+                tuple(
+                    (k, self.split(v, f"{path}.keywords[{k!r}]", depth, seen))
+                    for k, v in value.keywords.items()
+                ),
+            )
+        if type(value).__module__.split(".")[0] in ("jax", "jaxlib"):
+            return None  # jax's own wrappers (jit, custom_jvp): their attributes are internals
+        return self._split_object(value, path, depth, seen)
+
+    def _split_tree(self, value: Any, path: str, depth: int, seen: frozenset) -> Any:
+        """A registered pytree node flattened one level, or ``None`` for a leaf."""
+        first = [True]
+
+        def one_level(node: Any) -> bool:  # the root is flattened, its children are not
+            if first:
+                first.clear()
+                return False
+            return True
+
+        try:
+            children, treedef = jax.tree_util.tree_flatten_with_path(value, is_leaf=one_level)
+        except Exception:  # noqa: BLE001 (a user's flatten can raise anything)
+            return None
+        if jax.tree_util.treedef_is_leaf(treedef) and len(children) == 1:
+            return None
+        if not _hashable(treedef):
+            self.unhashable.append((f"{path} (its pytree metadata)", treedef))
+        return _Tree(
+            treedef,
+            tuple(
+                self.split(child, path + jax.tree_util.keystr(key_path), depth, seen)
+                for key_path, child in children
+            ),
+        )
+
+    def _split_object(self, value: Any, path: str, depth: int, seen: frozenset) -> Any:
+        """An object's attributes split (dunder ones kept by identity), or ``None``."""
+        attributes = _attributes(value)
+        if attributes is None:
+            return None
+        n_data = len(self.data)
+        names, children = [], []
+        for name, attr in attributes:
+            names.append(name)
+            if name.startswith("__") and name.endswith("__"):
+                children.append(_ById(attr))
+            else:
+                children.append(self.split(attr, f"{path}.{name}", depth, seen))
+        if len(self.data) == n_data and _hashable(value):
+            return _Static(value)  # kept whole (``split``): no template needed
+        try:
+            template = copy.copy(value)
+            for name in names:
+                object.__setattr__(template, name, None)
+        except Exception:  # noqa: BLE001 (copying a user's object can raise anything)
+            return None
+        return _Object(type(value), tuple(names), tuple(children), template)
+
+
+def _attributes(value: Any) -> list[tuple[str, Any]] | None:
+    """``value``'s instance attributes (``__dict__``, then ``__slots__``), or ``None``."""
+    attributes = []
+    if hasattr(value, "__dict__"):
+        try:
+            attributes = list(vars(value).items())
+        except TypeError:
+            return None
+    slots = []
+    for cls in type(value).__mro__:
+        own = cls.__dict__.get("__slots__", ())
+        slots.extend([own] if isinstance(own, str) else own)
+    for name in slots:
+        if name not in ("__dict__", "__weakref__") and hasattr(value, name):
+            attributes.append((name, getattr(value, name)))
+    if not attributes and not hasattr(value, "__dict__"):
+        return None
+    return attributes
+
+
+def _rebuild_node(node: Any, leaves: Any) -> Any:
+    if isinstance(node, _Leaf):
+        return next(leaves)
+    if isinstance(node, (_Static, _ById)):
+        return node.value
+    if isinstance(node, _Tree):
+        children = [_rebuild_node(child, leaves) for child in node.children]
+        return jax.tree_util.tree_unflatten(node.treedef, children)
+    if isinstance(node, _Method):
+        return types.MethodType(_rebuild_node(node.func, leaves), _rebuild_node(node.self_, leaves))
+    if isinstance(node, _Partial):
+        func = _rebuild_node(node.func, leaves)
+        args = [_rebuild_node(a, leaves) for a in node.args]
+        keywords = {k: _rebuild_node(v, leaves) for k, v in node.keywords}
+        return node.cls(func, *args, **keywords)
+    obj = copy.copy(node.template)
+    for name, child in zip(node.names, node.children):
+        object.__setattr__(obj, name, _rebuild_node(child, leaves))
+    return obj
+
+
+def rebuild(skeleton: Any, data: tuple) -> Any:
+    """The callable ``skeleton`` stands for, holding ``data`` (arrays or tracers);
+    anything that is not a ``Skeleton`` (a callable kept whole, None, True) as it is."""
+    if not isinstance(skeleton, Skeleton):
+        return skeleton
+    leaves = iter(data)
+    return _rebuild_node(skeleton.root, leaves)
+
+
+def split_callable(obj: Any, name: str) -> tuple[Any, tuple]:
+    """``(skeleton, data)`` for the callable ``obj`` (``name``: "fun" or "jac", for errors).
+
+    ``data`` is a tuple of the arrays ``obj`` holds (dtypes kept); ``skeleton`` is hashable
+    and compares by value. A callable holding no array that is hashable comes back as
+    itself with ``data == ()``.
+
+    Raises:
+      TypeError: a part of ``obj`` that is not an array could not be hashed (the message
+        names it), or ``obj`` could not be rebuilt from its parts.
+    """
+    splitter = _Splitter()
+    root = splitter.split(obj, name, 0, frozenset())
+    if isinstance(root, _Static) and not splitter.unhashable:
+        return obj, ()
+    if splitter.unhashable:
+        path, part = splitter.unhashable[0]
+        raise TypeError(
+            f"{name} cannot be used: {path} (a {type(part).__name__}) cannot be hashed. The "
+            f"compiled solve is keyed on everything {name} holds except arrays (arrays are "
+            "data, traced like args), so the rest must be hashable: make that part hashable "
+            "(a tuple, a frozenset, a frozen dataclass), hold it as an array, or pass it "
+            "through args."
+        )
+    skeleton = Skeleton(root, len(splitter.data))
+    data = tuple(splitter.data)
+    try:
+        rebuild(skeleton, data)
+    except Exception as err:
+        raise TypeError(
+            f"{name} ({type(obj).__name__}) holds arrays but could not be rebuilt from its "
+            f"parts ({type(err).__name__}: {err}); pass the arrays through args instead."
+        ) from err
+    return skeleton, data
+
+
+__all__ = ["Skeleton", "rebuild", "split_callable"]

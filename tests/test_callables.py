@@ -1,0 +1,256 @@
+"""``fun`` (and a ``jac`` callable) as any callable (SPEC section 1): hashable or not, and
+the arrays it holds are data: new values do not recompile, a mutated array is seen, and
+derivatives of ``res.x`` with respect to them are implicit, as for ``args``."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxopt_dict as jd
+from jaxopt_dict._callable import split_callable
+from jaxopt_dict._problem import make_objective
+
+pytestmark = pytest.mark.usefixtures("float64_module")
+
+A = np.array([[3.0, 0.5, 0.0], [0.5, 2.0, 0.3], [0.0, 0.3, 1.5]])  # SPD
+TIGHT = {"gtol": 1e-10, "ftol": 0.0}
+TRACES = [0]  # how many times ``quad`` was traced
+
+
+def quad(x, b):
+    """0.5 x'Ax - b'x: the minimizer is A^-1 b."""
+    TRACES[0] += 1
+    return 0.5 * x @ (jnp.asarray(A) @ x) - b @ x
+
+
+def solution(b):
+    return np.linalg.solve(A, np.asarray(b))
+
+
+class Plain:
+    """A plain class: hashable by identity, its array an attribute."""
+
+    def __init__(self, b):
+        self.b = b
+
+    def __call__(self, x):
+        return quad(x, self.b)
+
+    def loss(self, x):
+        return quad(x, self.b)
+
+
+@dataclasses.dataclass
+class Unhashable:
+    """eq=True makes a dataclass unhashable."""
+
+    b: Any
+    scale: float = 1.0
+
+    def __call__(self, x):
+        return self.scale * quad(x, self.b)
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    """Hashing it hashes the array, which raises (the shape of an equinox Module)."""
+
+    b: Any
+
+    def __call__(self, x):
+        return quad(x, self.b)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["b"], meta_fields=["name"])
+@dataclasses.dataclass
+class Module:
+    """A registered pytree: array leaves are data, meta fields static."""
+
+    b: Any
+    name: str = "m"
+
+    def __call__(self, x):
+        return quad(x, self.b)
+
+
+@jax.tree_util.register_pytree_node_class
+class NodeClass:
+    def __init__(self, b):
+        self.b = b
+
+    def __call__(self, x):
+        return quad(x, self.b)
+
+    def tree_flatten(self):
+        return (self.b,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+@dataclasses.dataclass
+class Grad:
+    """A ``jac`` callable holding its array."""
+
+    b: Any
+
+    def __call__(self, x):
+        return jnp.asarray(A) @ x - self.b
+
+
+MAKERS = {
+    "plain": Plain,
+    "bound_method": lambda b: Plain(b).loss,
+    "unhashable_dataclass": Unhashable,
+    "frozen_dataclass": Frozen,
+    "register_dataclass": Module,
+    "pytree_node_class": NodeClass,
+    "partial": lambda b: functools.partial(quad, b=b),
+    "partial_numpy": lambda b: functools.partial(quad, b=np.asarray(b)),
+    "tree_util_partial": lambda b: jax.tree_util.Partial(quad, b=b),
+}
+
+
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_any_callable_solves_and_new_arrays_do_not_recompile(kind):
+    make = MAKERS[kind]
+    b1, b2 = jnp.array([1.0, -2.0, 0.5]), jnp.array([0.3, 0.7, -1.0])
+    res1 = jd.minimize(make(b1), jnp.zeros(3), method="Newton", options=TIGHT)
+    traces = TRACES[0]
+    res2 = jd.minimize(make(b2), jnp.zeros(3), method="Newton", options=TIGHT)
+    assert TRACES[0] == traces, "a new instance with new arrays traced fun again"
+    np.testing.assert_allclose(res1.x, solution(b1), rtol=1e-8)
+    np.testing.assert_allclose(res2.x, solution(b2), rtol=1e-8)
+    assert res1.x.dtype == jnp.float64
+
+
+def test_a_mutated_array_gives_the_new_answer():
+    # Before: ``model`` keyed the compiled program by identity with its array baked in,
+    # so the second solve silently returned the first answer.
+    model = Plain(jnp.array([1.0, 2.0, 3.0]))
+    first = jd.minimize(model, jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    model.b = jnp.array([-1.0, -2.0, -3.0])
+    second = jd.minimize(model, jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    np.testing.assert_allclose(first.x, solution([1.0, 2.0, 3.0]), rtol=1e-8)
+    np.testing.assert_allclose(second.x, solution([-1.0, -2.0, -3.0]), rtol=1e-8)
+
+
+def test_jac_as_a_callable_object_holding_arrays():
+    for b in (jnp.array([1.0, -2.0, 0.5]), jnp.array([0.3, 0.7, -1.0])):
+        res = jd.minimize(Frozen(b), jnp.zeros(3), method="Newton", jac=Grad(b), options=TIGHT)
+        np.testing.assert_allclose(res.x, solution(b), rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("kind", "method"),
+    [("plain", "Newton"), ("frozen_dataclass", "L-BFGS"), ("partial", "Newton")],
+)
+def test_grad_with_respect_to_the_array_fun_holds(kind, method):
+    make = MAKERS[kind]
+
+    def total(b):
+        return jnp.sum(jd.minimize(make(b), jnp.zeros(3), method=method, options=TIGHT).x)
+
+    b = jnp.array([1.0, -2.0, 0.5])
+    # d/db sum(A^-1 b) = A^-1 1 (A symmetric).
+    np.testing.assert_allclose(jax.grad(total)(b), np.linalg.solve(A, np.ones(3)), rtol=1e-7)
+    eps = 1e-6
+    fd = [(total(b + eps * e) - total(b - eps * e)) / (2 * eps) for e in jnp.eye(3)]
+    np.testing.assert_allclose(jax.grad(total)(b), fd, rtol=1e-5)
+
+
+def test_under_jit_and_vmap():
+    bs = jnp.array([[1.0, -2.0, 0.5], [0.3, 0.7, -1.0]])
+    jitted = jax.jit(lambda b: jd.minimize(Plain(b), jnp.zeros(3), method="Newton").x)
+    np.testing.assert_allclose(jitted(bs[0]), solution(bs[0]), rtol=1e-8)
+    vmapped = jax.vmap(lambda b: jd.minimize(Module(b), jnp.zeros(3), method="Newton").x)
+    np.testing.assert_allclose(vmapped(bs), np.stack([solution(b) for b in bs]), rtol=1e-8)
+
+
+@dataclasses.dataclass
+class Shifted:
+    """``quad(x, b + c)``: b held (shared by a batch), c a batched arg."""
+
+    b: Any
+
+    def __call__(self, x, c):
+        return quad(x, self.b + c)
+
+
+def test_minimize_batch_shares_the_arrays_fun_holds():
+    b = jnp.array([1.0, -2.0, 0.5])
+    cs = jnp.array([[0.0, 0.0, 0.0], [0.3, 0.7, -1.0], [1.0, 1.0, 1.0]])
+    res = jd.minimize_batch(Shifted(b), jnp.zeros((3, 3)), (cs,), method="Newton", lanes=2)
+    np.testing.assert_allclose(res.x, np.stack([solution(b + c) for c in cs]), rtol=1e-8)
+
+    def total(b):
+        out = jd.minimize_batch(Shifted(b), jnp.zeros((3, 3)), (cs,), method="Newton", lanes=2)
+        return jnp.sum(out.x)
+
+    # Shared by the 3 problems: the derivative sums over them.
+    np.testing.assert_allclose(jax.grad(total)(b), 3 * np.linalg.solve(A, np.ones(3)), rtol=1e-7)
+
+
+def test_has_aux_with_a_callable_holding_arrays():
+    @dataclasses.dataclass
+    class WithAux:
+        b: Any
+
+        def __call__(self, x):
+            return quad(x, self.b), {"residual": jnp.asarray(A) @ x - self.b}
+
+    b = jnp.array([1.0, -2.0, 0.5])
+    res = jd.minimize(WithAux(b), jnp.zeros(3), method="Newton", has_aux=True, options=TIGHT)
+    np.testing.assert_allclose(res.aux["residual"], WithAux(b)(res.x)[1]["residual"], atol=1e-15)
+    np.testing.assert_allclose(res.aux["residual"], np.zeros(3), atol=1e-7)
+
+
+def test_pg_with_a_callable_holding_arrays():
+    b = jnp.array([1.0, -2.0, 0.5])
+    options = {"physics": lambda x: x, "physics_inv": lambda y: y, "gtol": 1e-10}
+    res = jd.minimize(Unhashable(b), jnp.zeros(3), method="PG", options=options)
+    np.testing.assert_allclose(res.x, solution(b), rtol=1e-8)
+
+
+def test_unhashable_callable_without_arrays():
+    @dataclasses.dataclass
+    class Target:
+        t: tuple
+
+        def __call__(self, x):
+            return quad(x, jnp.asarray(self.t))
+
+    res = jd.minimize(Target((1.0, -2.0, 0.5)), jnp.zeros(3), method="Newton", options=TIGHT)
+    np.testing.assert_allclose(res.x, solution([1.0, -2.0, 0.5]), rtol=1e-8)
+
+
+def test_plain_functions_are_kept_as_they_are():
+    args = (jnp.ones(3),)
+    objective, solve_args = make_objective(quad, None, False, args)
+    assert objective.fun is quad and solve_args is args and not objective.data_in_args
+    partial = functools.partial(quad, b=(1.0, 2.0, 3.0))  # hashable, no arrays
+    assert split_callable(partial, "fun") == (partial, ())
+
+
+def test_an_unhashable_static_part_names_fun():
+    @dataclasses.dataclass
+    class Tagged:
+        b: Any
+        tags: set
+
+        def __call__(self, x):
+            return quad(x, self.b)
+
+    b = jnp.ones(3)
+    with pytest.raises(TypeError, match=r"fun\.tags \(a set\) cannot be hashed"):
+        jd.minimize(Tagged(b, {"a"}), jnp.zeros(3), method="L-BFGS")
+    with pytest.raises(TypeError, match=r"jac\.tags \(a set\) cannot be hashed"):
+        jd.minimize(Plain(b), jnp.zeros(3), method="L-BFGS", jac=Tagged(b, {"a"}))
