@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg
 
-from jaxopt_dict._tree import materialize
+from jaxopt_dict._tree import materialize, safe_divide
 
 
 class Memory(NamedTuple):
@@ -50,7 +50,7 @@ class Memory(NamedTuple):
     gram: jax.Array
     r_inv: jax.Array
     age: jax.Array
-    count: jax.Array
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (shadows tuple.count)
     theta: jax.Array
 
 
@@ -165,8 +165,8 @@ def memory_push(
     leaves = jnp.where(when & (mem.count >= m), (mem.count + 1) % k, -1)
     kept, leaves = materialize((kept, leaves))
     r_inv = jnp.where((slots[:, None] == leaves) | (slots[None, :] == leaves), 0.0, mem.r_inv)
-    column = -(r_inv @ jnp.where(kept, products[1, :k], 0.0)) / sy
-    column = jnp.where(slots == slot, 1.0 / sy, column)
+    column = -safe_divide(r_inv @ jnp.where(kept, products[1, :k], 0.0), sy)
+    column = jnp.where(slots == slot, safe_divide(1.0, sy), column)
     r_inv = jnp.where(slots[None, :] == at, column[:, None], r_inv)
     return Memory(
         v=v,
@@ -174,7 +174,7 @@ def memory_push(
         r_inv=r_inv,
         age=age,
         count=jnp.where(when, count, mem.count),
-        theta=jnp.where(when, yy / sy, mem.theta),
+        theta=jnp.where(when, safe_divide(yy, sy), mem.theta),
     )
 
 
@@ -246,13 +246,13 @@ def middle_matrix(mem: Memory) -> jax.Array:
     not positive definite."""
     k = mem.age.shape[0]
     diag, low, ss, valid = _pieces(mem)
-    ld = low / diag[None, :]  # L D^{-1}
+    ld = safe_divide(low, diag[None, :])  # L D^{-1} (the placeholder state: diag 0)
     t = jnp.where(jnp.diag(~valid), 1.0, mem.theta * ss + ld @ low.T)
     chol = jnp.linalg.cholesky(t)
     eye = jnp.eye(k, dtype=ld.dtype)  # the memory's dtype (float32 stays float32, x64 on)
     sol = jax.scipy.linalg.cho_solve((chol, True), jnp.concatenate([eye, ld], axis=1))
     m22, m21 = sol[:, :k], sol[:, k:]
-    m11 = -jnp.diag(1.0 / diag) + ld.T @ m21
+    m11 = -jnp.diag(safe_divide(1.0, diag)) + ld.T @ m21
     return jnp.block([[m11, m21.T], [m21, m22]])
 
 
@@ -271,7 +271,7 @@ def reduced_inverse_times(mem: Memory, free: jax.Array, r: jax.Array) -> jax.Arr
     diag, low, ss, valid = _pieces(mem)
     both = _twice(valid)
     gz = jnp.where(both[:, None] & both[None, :], (mem.v * free.astype(mem.v.dtype)) @ mem.v.T, 0.0)
-    n_mat = jnp.diag(diag) + gz[k:, k:] / theta
+    n_mat = jnp.diag(diag) + safe_divide(gz[k:, k:], theta)
     e = low - gz[:k, k:]
     c = jnp.where(jnp.diag(~valid), 1.0, theta * (ss - gz[:k, :k]))
     wr = w_transpose(mem, r)
@@ -283,4 +283,4 @@ def reduced_inverse_times(mem: Memory, free: jax.Array, r: jax.Array) -> jax.Arr
     # p = N^-1 (E^T q - u).
     q = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(schur), True), w + e @ ninv[:, k])
     p = ninv[:, :k] @ q - ninv[:, k]
-    return (r + w_times(mem, jnp.concatenate([p, q])) / theta) / theta
+    return safe_divide(r + safe_divide(w_times(mem, jnp.concatenate([p, q])), theta), theta)

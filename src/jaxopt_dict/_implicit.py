@@ -97,6 +97,7 @@ def implicit_tangent(
         dx_active = jax.tree.map(jnp.zeros_like, x)
     else:
         at_lower, at_upper = masks
+        assert box is not None and dbox is not None
         free = jax.tree.map(lambda lo, hi, v: (~lo & ~hi).astype(v.dtype), at_lower, at_upper, x)
         dlower = _instantiate(dbox.lower, box.lower)
         dupper = _instantiate(dbox.upper, box.upper)
@@ -181,6 +182,7 @@ def with_implicit_diff(
         tangent = jax.tree.map(_zero_tangent, res)
         tangent = tangent._replace(x=dx, fun=df.astype(res.fun.dtype), jac=dg)
         if res.aux is not None:
+            assert aux_of is not None
             aux = aux_of(static)
             aux_tangent = lambda x, a, dx_, da: jax.jvp(aux, (x, a), (dx_, da))[1]
             if args_axes_of is not None:

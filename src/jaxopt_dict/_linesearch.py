@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
-from jaxopt_dict._tree import project
+from jaxopt_dict._tree import project, safe_divide, safe_sqrt
 
 PyTree = Any
 
@@ -50,7 +50,9 @@ class Backtracking(NamedTuple):
     trials: jax.Array  # trial points evaluated so far in this search
 
 
-def backtracking_start(ev: Evaluation, direction: PyTree, step_size: jax.Array) -> Backtracking:
+def backtracking_start(
+    ev: Evaluation, direction: PyTree, step_size: jax.Array | float
+) -> Backtracking:
     """A fresh search from the accepted evaluation ``ev``."""
     return Backtracking(
         ev.x, ev.f, ev.g, direction, jnp.asarray(step_size, ev.f.dtype), jnp.asarray(0, jnp.int32)
@@ -72,7 +74,7 @@ def backtracking_advance(
       (halved, or by the quadratic fit's rule above); ``failed`` once ``maxls`` trials
       were rejected or the step underflowed.
     """
-    decrease = optax.tree.vdot(search.g, optax.tree.sub(ev.x, search.x))
+    decrease = jnp.asarray(optax.tree.vdot(search.g, optax.tree.sub(ev.x, search.x)))
     # A trial where f or g is not finite arrives with f = +inf (the driver's rule): it
     # fails this test and is cut like any rejection, halved (the fit has nothing to fit).
     accepted = ev.f <= search.f + ARMIJO_C1 * decrease
@@ -80,7 +82,12 @@ def backtracking_advance(
     # phi(t) = f at t times the trial step: phi(0) = f, phi'(0) ~ decrease, phi(1) = ev.f.
     # A rejection with decrease < 0 has positive curvature, so the minimizer is in (0, 0.5].
     curvature = ev.f - search.f - decrease
-    minimizer = -decrease / (2.0 * curvature)
+    # (no fit where curvature = 0: +-inf or NaN, as computed; without a derivative there)
+    minimizer = jnp.where(
+        curvature == 0,
+        jax.lax.stop_gradient(-decrease / (2.0 * curvature)),
+        -safe_divide(decrease, 2.0 * curvature),
+    )
     halve_or_cut = jnp.where(minimizer < SHRINK_MIN, SHRINK_MIN, SHRINK_MAX)
     fit = jnp.clip(minimizer, SHRINK_MIN, SHRINK_MAX)
     shrink = jnp.where(trials >= INTERPOLATE_AFTER, fit, halve_or_cut)
@@ -93,8 +100,8 @@ def backtracking_advance(
 
 def backtracking_stepper(
     direction: Callable[[Evaluation], PyTree],
-    first_step: Callable[[Evaluation, Box | None], jax.Array],
-    next_step: Callable[[Backtracking, Evaluation, Box | None], jax.Array],
+    first_step: Callable[[Evaluation, Box | None], jax.Array | float],
+    next_step: Callable[[Backtracking, Evaluation, Box | None], jax.Array | float],
     maxls: int,
 ) -> Stepper:
     """A method that searches along ``direction(ev)`` by Armijo backtracking, starting a
@@ -227,10 +234,7 @@ def more_thuente_step(s: MoreThuente, xtol: float = 0.1) -> jax.Array:
     return jnp.where(stuck | ~jnp.isfinite(stp), s.stx, stp)
 
 
-def _div(a, b):
-    """``a / b`` with a zero denominator replaced by one: branches that a ``where`` later
-    discards (and degenerate brackets) must not put 0/0 into the carry."""
-    return a / jnp.where(b == 0, jnp.ones_like(b), b)
+_div = safe_divide  # branches a ``where`` discards must not put 0/0 into the carry
 
 
 def _cubic_gamma(theta, da, db):
@@ -241,7 +245,7 @@ def _cubic_gamma(theta, da, db):
     s = jnp.maximum(jnp.abs(theta), jnp.maximum(jnp.abs(da), jnp.abs(db)))
     s = jnp.where(s == 0, jnp.ones_like(s), s)
     radicand = (theta / s) ** 2 - (da / s) * (db / s)
-    return s * jnp.sqrt(jnp.maximum(radicand, 0.0))
+    return s * safe_sqrt(radicand)
 
 
 def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, bracketed, stpmin, stpmax):

@@ -11,7 +11,9 @@ evaluated before the loop: its first trip evaluates x0 and starts the method.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -41,6 +43,9 @@ class LoopConfig(NamedTuple):
     disp: bool = False
     trace: bool = False
     callback: Callable[[OptimizeResult], Any] | None = None
+    # ``adjoint="unrolled"``: the loop is a bounded, checkpointed scan of this many trips
+    # (reverse-differentiable); ``None``: a ``while_loop`` (``run``).
+    unrolled_trips: int | None = None
 
 
 class _Carry(NamedTuple):
@@ -176,8 +181,17 @@ def start(
             fun=jnp.zeros((length,), ev_types.f.dtype),
             x=jax.tree.map(lambda v: jnp.zeros((length,) + v.shape, v.dtype), x0),
         )
+    state = jax.tree.map(zeros, state_types)
+    if config.unrolled_trips is not None:
+        # Reverse mode differentiates the first trip's step on the placeholder too (its
+        # result is discarded by a select, but a NaN partial times a zero cotangent is
+        # NaN): start from a state the method can step from, ``init`` at x0 with f = 0
+        # and a zero gradient (an empty L-BFGS memory instead of an all-zero one).
+        placeholder = jax.tree.map(zeros, ev_types)._replace(x=x0)
+        made = stepper.init(placeholder, box)[0]
+        state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), made, state)
     return _Carry(
-        state=jax.tree.map(zeros, state_types),
+        state=state,
         trial=x0,
         x=x0,
         f=zeros(ev_types.f),
@@ -324,6 +338,9 @@ def advance(
         token = opts.get("callback_token", NO_CALLBACK_TOKEN)
         # A pure callback: its result is used, so it always runs, and (unlike io_callback)
         # it is allowed in a vmapped while_loop, where it runs once per problem.
+        reported = (x, f, g, pg_norm, step_norm)
+        # The host sees values only (a callback has no derivative).
+        reported = jax.tree.map(jax.lax.stop_gradient, reported)
         stop = jax.pure_callback(
             _host_report(config),
             jax.ShapeDtypeStruct((), jnp.int32),
@@ -331,13 +348,10 @@ def advance(
             c.status == RUNNING,
             first,
             accepted,
-            x,
-            f,
-            g,
+            *reported[:3],
             nit,
             nfev,
-            pg_norm,
-            step_norm,
+            *reported[3:],
             vmap_method="sequential",
         )
         status = jnp.where((status == RUNNING) & (stop != 0), Status.CALLBACK_STOP, status)
@@ -375,6 +389,40 @@ def finish(c: _Carry, config: LoopConfig) -> OptimizeResult:
     )
 
 
+def checkpointed_loop(body: Callable[[_Carry], _Carry], carry: _Carry, trips: int) -> _Carry:
+    """``while status == RUNNING: carry = body(carry)`` for at most ``trips`` trips, in a
+    form reverse mode can differentiate: the derivative of the iterations themselves.
+
+    Two nested scans of about sqrt(trips) trips each, both levels under ``jax.checkpoint``
+    (Griewank & Walther, "Evaluating Derivatives", sec. 12.3, two-level checkpointing):
+    the reverse pass keeps the carry at the start of each outer block and, for the block it
+    is in, at each trip, so memory is about 2 sqrt(trips) carries, at the price of running
+    each trip three times (forward, block recompute, trip recompute). A trip after the
+    solve stopped, and a whole block after it, is a ``lax.cond`` that passes the carry
+    through (under ``vmap`` a select: a batch costs its longest member, as a
+    ``while_loop``).
+    """
+    block = math.isqrt(trips - 1) + 1  # ceil(sqrt(trips))
+    blocks = -(-trips // block)
+    running = lambda c: c.status == RUNNING
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def trip(c: _Carry, index: jax.Array) -> tuple[_Carry, None]:
+        go = running(c) & (index < trips)  # the last block may reach past the bound
+        return jax.lax.cond(go, body, lambda c: c, c), None
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def run_block(c: _Carry, first_index: jax.Array) -> _Carry:
+        indices = first_index + jnp.arange(block, dtype=jnp.int32)
+        return jax.lax.scan(trip, c, indices)[0]
+
+    def outer(c: _Carry, first_index: jax.Array) -> tuple[_Carry, None]:
+        return jax.lax.cond(running(c), run_block, lambda c, _: c, c, first_index), None
+
+    starts = jnp.arange(blocks, dtype=jnp.int32) * block
+    return jax.lax.scan(outer, carry, starts)[0]
+
+
 def run(
     stepper: Stepper,
     evaluate: Callable[[PyTree], Evaluation],
@@ -401,7 +449,15 @@ def run(
         return advance(stepper, c, ev, box, opts, config)
 
     carry = vary_over_manual_axes(carry)
-    carry = jax.lax.while_loop(lambda c: c.status == RUNNING, body, carry)
+    if config.unrolled_trips is None:
+        carry = jax.lax.while_loop(lambda c: c.status == RUNNING, body, carry)
+    else:
+        carry = checkpointed_loop(body, carry, config.unrolled_trips)
+        # A method that needs more trips than the bound (``_minimize`` sizes it to what
+        # maxiter and maxfun allow) stops where it is, as maxfun stops it.
+        carry = carry._replace(
+            status=jnp.where(carry.status == RUNNING, Status.MAX_ITER, carry.status)
+        )
     result = finish(carry, config)
     if config.disp:
         jax.debug.callback(_final_message, result.status, result.success)

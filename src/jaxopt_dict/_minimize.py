@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -21,7 +22,12 @@ from jaxopt_dict._loop import (
 )
 from jaxopt_dict._method import Box, Method
 from jaxopt_dict._options import Option, common_options, resolve_options, split_static
-from jaxopt_dict._problem import Objective, canonicalize_bounds, canonicalize_x0
+from jaxopt_dict._problem import (
+    Objective,
+    canonicalize_bounds,
+    canonicalize_x0,
+    make_objective,
+)
 from jaxopt_dict._result import OptimizeResult
 from jaxopt_dict.methods import method_names, methods_with_bounds, resolve_method
 
@@ -43,7 +49,9 @@ def evaluate_objective(objective: Objective, x: PyTree, args: tuple, hessian: bo
     return objective.evaluate(x, args, hessian)
 
 
-def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None) -> OptimizeResult:
+def _run(
+    static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None, unrolled_trips: int | None
+) -> OptimizeResult:
     method, objective, static_opts, callback = static
     opts = {**dict(static_opts), **dynamic}
     stepper = method.make(opts)
@@ -51,14 +59,22 @@ def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None)
         evaluate_objective, objective, args=args, hessian=method.needs_hessian
     )
     config = LoopConfig(
-        maxiter=opts["maxiter"], disp=opts["disp"], trace=opts["trace"], callback=callback
+        maxiter=opts["maxiter"],
+        disp=opts["disp"],
+        trace=opts["trace"],
+        callback=callback,
+        unrolled_trips=unrolled_trips,
     )
     return run(stepper, evaluate, x0, box, opts, config)
 
 
+def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None):
+    return _run(static, x0, args, dynamic, box, None)
+
+
 # One compiled program per (method, fun, static options, callback); differentiable in args
 # and bounds by implicit differentiation at the solution (``_implicit.py``).
-_solve = jax.jit(
+_solve_implicit = jax.jit(
     with_implicit_diff(
         _solve_impl,
         lambda static: static.objective.value_and_grad,
@@ -66,6 +82,44 @@ _solve = jax.jit(
     ),
     static_argnums=0,
 )
+
+
+# ``adjoint="unrolled"``: plain autodiff through a bounded, checkpointed loop
+# (``_loop.checkpointed_loop``); the key adds the bound on its trips.
+_solve_unrolled = jax.jit(
+    lambda key, x0, args, dynamic, box: _run(key[0], x0, args, dynamic, box, key[1]),
+    static_argnums=0,
+)
+
+
+def unrolled_trips(static: SolveStatic, dynamic: Mapping[str, Any]) -> int:
+    """The static bound on the trips of an unrolled solve: ``maxfun`` (one evaluation per
+    trip), and ``maxiter + 1`` for a method with one evaluation per iteration (no line
+    search).
+
+    Raises:
+      ValueError: a callback or ``disp`` given (the checkpointed reverse pass runs
+        iterations again, which would call them again).
+    """
+    opts = dict(static.options)
+    if static.callback is not None or opts["disp"]:
+        raise ValueError(
+            "options['adjoint']='unrolled' does not take a callback or disp: its reverse "
+            "pass recomputes iterations (checkpointing), which would report them again. "
+            "Use options['trace'] to keep the iterates."
+        )
+    trips = opts["maxfun"]  # static under this adjoint (``prepare_solve``)
+    if not static.method.make({**opts, **dynamic}).rejects_nonfinite:  # no line search
+        trips = min(trips, opts["maxiter"] + 1)
+    return trips
+
+
+def _solve(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None) -> OptimizeResult:
+    """The compiled solve for ``static``'s adjoint (``options["adjoint"]``)."""
+    if dict(static.options)["adjoint"] == "unrolled":
+        trips = unrolled_trips(static, dynamic)
+        return _solve_unrolled((static, trips), x0, args, dynamic, box)
+    return _solve_implicit(static, x0, args, dynamic, box)
 
 
 class SolveStatic(NamedTuple):
@@ -77,11 +131,42 @@ class SolveStatic(NamedTuple):
     callback: Callable[[OptimizeResult], Any] | None
 
 
+# scipy options that cannot mean anything here: gradients are JAX's, exact.
+_FINITE_DIFFERENCE_OPTIONS = ("eps", "finite_diff_rel_step")
+
+
+def scipy_spellings(options: dict, specs: tuple[Option, ...], method: str) -> dict:
+    """scipy's habits, read as scipy means them where they mean something here: ``disp``
+    as an int (> 0: print), ``iprint`` (< 0: silent, else one line per iteration);
+    scipy's finite-difference steps are refused with the reason (the gradient is exact).
+    """
+    own = {spec.name for spec in specs}
+    disp = options.get("disp")
+    if isinstance(disp, (int, np.integer)) and not isinstance(disp, (bool, np.bool_)):
+        options["disp"] = bool(disp > 0)
+    if "iprint" in options and "iprint" not in own:
+        iprint = options.pop("iprint")
+        if isinstance(iprint, (bool, np.bool_)) or not isinstance(iprint, (int, np.integer)):
+            raise ValueError(f"options['iprint'] must be an int (scipy's), got {iprint!r}.")
+        if "disp" in options and bool(options["disp"]) != (iprint >= 0):
+            raise ValueError("options 'disp' and 'iprint' disagree; give one of them.")
+        options["disp"] = bool(iprint >= 0)
+    for name in _FINITE_DIFFERENCE_OPTIONS:
+        if name in options and name not in own:
+            raise TypeError(
+                f"options[{name!r}] is scipy's finite-difference step, and method {method!r} "
+                "uses JAX's exact gradient: there is no step to set. Remove it."
+            )
+    return options
+
+
 def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, has_aux=False):
     """Validate and canonicalize ``minimize``'s inputs before anything is traced.
 
     Returns:
-      ``(static, x0, dynamic, box)``: the hashable static part, the canonical x0, the
+      ``(static, x0, args, dynamic, box)``: the hashable static part, the canonical x0, the
+      args to solve with (the user's, after a hidden leading entry holding the arrays
+      ``fun``/``jac`` hold, if they hold any: ``_problem.make_objective``), the
       numeric options as arrays, and the canonical bounds (or ``None``).
     """
     method_rec = resolve_method(method)
@@ -92,7 +177,9 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, ha
         raise TypeError("callback must be callable.")
     if not isinstance(has_aux, (bool, np.bool_)):
         raise TypeError(f"has_aux must be True or False, got {has_aux!r}.")
-    objective = Objective(fun, jac, bool(has_aux))
+    if jac is False:  # scipy: "no gradient given"; here JAX's exact one, as for None
+        jac = None
+    objective, args = make_objective(fun, jac, bool(has_aux), args)
     box = canonicalize_bounds(bounds, x0)
     if box is not None and not method_rec.supports_bounds:
         raise ValueError(
@@ -102,7 +189,7 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, ha
     specs = option_specs(method_rec)
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict, got {type(options).__name__}.")
-    options = dict(options or {})
+    options = scipy_spellings(dict(options or {}), specs, method_rec.name)
     if tol is not None:
         for name in ("gtol", "ftol"):
             if any(spec.name == name for spec in specs):
@@ -127,9 +214,17 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, ha
             raise ValueError(f"has_aux=True is not supported by method {method_rec.name!r}.")
         objective = method_rec.prepare(objective, values)
     objective.check(x0, args)
+    if values["adjoint"] == "unrolled":
+        if isinstance(values["maxfun"], jax.core.Tracer):
+            raise ValueError(
+                "options['adjoint']='unrolled' sizes its loop by options['maxfun'], which "
+                "must then be a Python int, not a traced value."
+            )
+        # The unrolled loop's length follows maxfun: structural there.
+        specs = tuple(spec._replace(static=spec.name == "maxfun" or spec.static) for spec in specs)
     static_opts, dynamic = split_static(specs, values)
     dynamic = {k: jnp.asarray(v) for k, v in dynamic.items()}
-    return SolveStatic(method_rec, objective, static_opts, callback), x0, dynamic, box
+    return SolveStatic(method_rec, objective, static_opts, callback), x0, args, dynamic, box
 
 
 def minimize(
@@ -154,13 +249,17 @@ def minimize(
       method: a name (case-insensitive, see ``method_names()``), a ``Method``, or an
         ``optax.GradientTransformation`` run to convergence; ``None`` means the default,
         ``"L-BFGS-B"``, with or without bounds (scipy's ``None`` picks BFGS without them).
-      jac: ``None`` (``jax.value_and_grad``), ``True`` (``fun`` returns ``(f, grad)``), or
-        a callable ``jac(x, *args)`` returning the gradient.
+      jac: ``None`` or ``False`` (``jax.value_and_grad``: exact, where scipy would take
+        finite differences), ``True`` (``fun`` returns ``(f, grad)``), or a callable
+        ``jac(x, *args)`` returning the gradient.
       bounds: ``None``, ``(lower, upper)`` (each side None, a scalar, or a pytree like
         x0), a ``scipy.optimize.Bounds``, or scipy's sequence of ``(lo, hi)`` pairs, one
         per coordinate of x0 in flattened order (read as pairs wherever both could apply).
       tol: sets ``gtol`` (and ``ftol`` where the method uses it) unless options give them.
-      options: method options (``maxiter``, ``gtol``, ``learning_rate``, ...).
+      options: method options (``maxiter``, ``gtol``, ``learning_rate``, ...). scipy's
+        ``disp`` as an int and ``iprint`` are read as scipy means them (print or not);
+        its finite-difference ``eps`` is refused (there is none). ``adjoint``:
+        ``"implicit"`` (default) or ``"unrolled"`` (see Returns).
       has_aux: ``fun`` returns ``(value, aux)`` (with ``jac=True``: ``((value, aux),
         grad)``); ``res.aux`` is aux at ``res.x`` (differentiable like ``res.x``).
       callback: ``callback(intermediate_result)`` on the host after every iteration.
@@ -174,7 +273,11 @@ def minimize(
       solve ends ``NONFINITE`` (with the last finite iterate) only where it cannot.
       ``FTOL``/``XTOL`` count as success only if ``res.fun < f(x0)``.
       Derivatives of ``res.x`` with respect to ``args`` are implicit (at the solution);
-      with respect to ``x0`` and the numeric options they are zero.
+      with respect to ``x0`` and the numeric options they are zero. With
+      ``options={"adjoint": "unrolled"}`` they are those of the iterations as computed
+      (x0, args, bounds and numeric options alike): a checkpointed scan of at most
+      ``maxfun`` trips (``maxiter + 1`` without a line search), reverse memory about
+      2 sqrt(trips) loop states; no callback or disp then.
 
     Raises:
       TypeError: wrong kinds of input (non-float x0 leaves, non-scalar fun, unknown option).
@@ -187,7 +290,7 @@ def minimize(
       >>> bool(res.success), [round(float(v), 4) for v in res.x["a"]]
       (True, [1.0, 1.0, 1.0])
     """
-    static, x0, dynamic, box = prepare_solve(
+    static, x0, args, dynamic, box = prepare_solve(
         fun, x0, args, method, jac, bounds, tol, options, callback, has_aux
     )
     if callback is None:

@@ -69,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg
 
-from jaxopt_dict._tree import vary_over_manual_axes
+from jaxopt_dict._tree import safe_divide, vary_over_manual_axes
 
 UNROLLED_MAX_N = 2
 LOOPED_MAX_N = 16
@@ -168,9 +168,19 @@ def _solve_shifted(hess: jax.Array, rhs: jax.Array, delta: jax.Array) -> jax.Arr
     positive) or ``beta - min h_ii``, then doublings (at least ``beta``), at which LAPACK's
     Cholesky succeeds with pivots of at least ``delta``: Nocedal & Wright (2006), Algorithm
     3.3, with ``beta = SHIFT_BETA max |h_ij|`` (at least ``delta``). The first attempt is
-    the plain factorization wherever H's diagonal is positive."""
+    the plain factorization wherever H's diagonal is positive.
+
+    Differentiable in H and rhs (``adjoint="unrolled"``) although the search for tau is a
+    ``while_loop``: the search runs on values only, and tau, a power of two times ``beta``
+    or times ``beta - min h_ii``, is then written as that function of H."""
+    hess_d, delta_d = hess, delta
+    hess, delta = jax.lax.stop_gradient((hess, delta))
     eye = jnp.eye(rhs.shape[0], dtype=hess.dtype)
-    beta = jnp.maximum(SHIFT_BETA * jnp.max(jnp.abs(hess)), delta)
+
+    def beta_of(hess, delta):
+        return jnp.maximum(SHIFT_BETA * jnp.max(jnp.abs(hess)), delta)
+
+    beta = beta_of(hess, delta)
     min_diag = jnp.min(jnp.diagonal(hess))
     tau = jnp.where(min_diag > 0, jnp.zeros_like(beta), beta - min_diag)
 
@@ -179,22 +189,46 @@ def _solve_shifted(hess: jax.Array, rhs: jax.Array, delta: jax.Array) -> jax.Arr
         return chol, jnp.all(jnp.isfinite(chol)) & (jnp.min(jnp.diagonal(chol)) ** 2 >= delta)
 
     def failed(state) -> jax.Array:  # a non-finite H stops at once (tau not finite)
-        _, tau, ok, trips = state
+        _, tau, ok, trips, _ = state
         return ~ok & (trips < SHIFT_MAX_TRIPS) & jnp.isfinite(tau)
 
     def retry(state):
-        _, tau, _, trips = state
+        _, tau, _, trips, on_beta = state
+        on_beta = on_beta | (2.0 * tau < beta)  # from here on, doublings of beta
         tau = jnp.maximum(2.0 * tau, beta)
         chol, ok = attempt(tau)
-        return chol, tau, ok, trips + 1
+        return chol, tau, ok, trips + 1, on_beta
 
     # Each attempt waits for the previous one: batched LAPACK kernels never run side by
     # side (jaxlib 0.10's, run so under vmap, each hold a worker of the intra-op pool while
     # waiting on it: a deadlock on 2 cores).
     chol, ok = attempt(tau)
-    carry = vary_over_manual_axes((chol, tau, ok, jnp.zeros((), jnp.int32)))  # (shard_map)
-    chol, _, _, _ = jax.lax.while_loop(failed, retry, carry)
+    carry = (chol, tau, ok, jnp.zeros((), jnp.int32), jnp.asarray(False))
+    chol, tau, _, _, on_beta = jax.lax.while_loop(
+        failed,
+        retry,
+        vary_over_manual_axes(carry),  # (shard_map)
+    )
+    beta_d = beta_of(hess_d, delta_d)
+    base_d = jnp.where(on_beta, beta_d, beta_d - jnp.min(jnp.diagonal(hess_d)))
+    power = jax.lax.stop_gradient(safe_divide(tau, base_d))
+    tau_d = jnp.where(tau > 0, power * base_d, 0.0)
+    return _cho_solve_shifted(hess_d, tau_d, rhs, chol)
+
+
+@jax.custom_jvp
+def _cho_solve_shifted(hess: jax.Array, tau: jax.Array, rhs: jax.Array, chol: jax.Array):
+    """``(H + tau I)^-1 rhs`` from ``chol``, the Cholesky factor of ``H + tau I``, with
+    the solve's derivative, ``dx = (H + tau I)^-1 (drhs - dH x - dtau x)``."""
     return jax.scipy.linalg.cho_solve((chol, True), rhs)
+
+
+@_cho_solve_shifted.defjvp
+def _cho_solve_shifted_jvp(primals, tangents):
+    hess, tau, rhs, chol = primals
+    dhess, dtau, drhs, _ = tangents
+    x = _cho_solve_shifted(hess, tau, rhs, chol)
+    return x, jax.scipy.linalg.cho_solve((chol, True), drhs - dhess @ x - dtau * x)
 
 
 def modified_cholesky_solve(hess: jax.Array, rhs: jax.Array) -> jax.Array:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import numpy as np
 
 SCIPY_FTOL = 2.220446049250313e-09
@@ -28,6 +29,7 @@ class Option(NamedTuple):
       static: baked into the compiled program (changing it recompiles).
       low, high: the allowed range, inclusive unless ``open_low``/``open_high``.
       allow_none: ``None`` is a meaningful value (e.g. GD's line-search mode).
+      choices: for ``kind=str``, the accepted values (checked exactly).
     """
 
     name: str
@@ -39,9 +41,11 @@ class Option(NamedTuple):
     open_low: bool = False
     open_high: bool = False
     allow_none: bool = False
+    choices: tuple[str, ...] = ()
 
 
 ALIASES = {"history_size": "maxcor"}
+ADJOINTS = ("implicit", "unrolled")
 
 
 def common_options(maxiter: int = 1000) -> tuple[Option, ...]:
@@ -53,6 +57,9 @@ def common_options(maxiter: int = 1000) -> tuple[Option, ...]:
         Option("xtol", 0.0, float, low=0.0),
         Option("disp", False, bool, static=True),
         Option("trace", False, bool, static=True),
+        # How derivatives of the result are taken: "implicit" (at the solution, the
+        # default) or "unrolled" (reverse mode through the iterations; ``_loop``).
+        Option("adjoint", "implicit", str, static=True, choices=ADJOINTS),
     )
 
 
@@ -91,6 +98,12 @@ def _check_value(method: str, spec: Option, value: Any) -> Any:
             return spec.default if _is_unset(spec.default) else None
         raise ValueError(f"{where} may not be None.")
     if spec.kind is object:
+        return value
+    if spec.kind is str:
+        if not isinstance(value, str) or value not in spec.choices:
+            raise ValueError(
+                f"{where} must be one of {', '.join(map(repr, spec.choices))}, got {value!r}."
+            )
         return value
     if spec.kind is bool:
         if not isinstance(value, (bool, np.bool_)):

@@ -5,6 +5,7 @@ mixing dtypes (``promoted``, ``ravel``) under ``jax.numpy_dtype_promotion("stric
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -105,7 +106,7 @@ def inf_norm(tree: PyTree) -> jax.Array:
     return _reduce(tree, jnp.abs, jnp.maximum, lambda leaf: jnp.max(jnp.abs(leaf)))
 
 
-def _same_kind(leaves: list[jax.Array]) -> list[list[int]]:
+def _same_kind(leaves: Sequence[jax.Array]) -> list[list[int]]:
     """Indices of ``leaves`` grouped by (dtype, shape): what one stacked kernel can take."""
     groups: dict = {}
     for i, leaf in enumerate(leaves):
@@ -145,6 +146,21 @@ def dots(*pairs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
     return tuple(jnp.sum(jnp.stack([a * b for a, b in pairs]), axis=1))
 
 
+def safe_divide(a, b):
+    """``a / b`` with a zero denominator replaced by one. Branches that a ``where`` later
+    discards (a placeholder state, a degenerate bracket) must not put 0/0 or 1/0 into the
+    carry, nor inf into reverse mode's partials (a discarded branch's zero cotangent times
+    an infinite partial is NaN: ``adjoint="unrolled"``)."""
+    return a / jnp.where(b == 0, jnp.ones_like(b), b)
+
+
+def safe_sqrt(v):
+    """``sqrt(max(v, 0))`` whose derivative is finite (zero) where ``v <= 0``: sqrt's is
+    infinite at 0, which reverse mode would turn into NaN (see ``safe_divide``)."""
+    positive = v > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, jnp.ones_like(v))), 0.0)
+
+
 def all_finite(tree: PyTree) -> jax.Array:
     """True when every entry of every leaf is finite."""
     return _reduce(tree, jnp.isfinite, jnp.logical_and, lambda leaf: jnp.all(jnp.isfinite(leaf)))
@@ -160,9 +176,15 @@ def materialize(tree: PyTree) -> PyTree:
     integer is the value, NaN included), one small kernel per group. Integer bits keep
     XLA:CPU from handing the reduction to its library path, which costs 10x more for
     these shapes. ``optimization_barrier`` would not do: XLA:CPU drops it before fusion.
+    The bits carry no derivative, so the identity's is attached (``custom_jvp``): the
+    iterations stay differentiable (``adjoint="unrolled"``).
     """
     leaves, treedef = jax.tree.flatten(tree)
-    leaves = [jnp.asarray(leaf) for leaf in leaves]
+    return treedef.unflatten(_materialize_leaves(tuple(jnp.asarray(leaf) for leaf in leaves)))
+
+
+@jax.custom_jvp
+def _materialize_leaves(leaves: tuple) -> tuple:
     out = list(leaves)
     for members in _same_kind(leaves):
         dtype = leaves[members[0]].dtype
@@ -183,10 +205,21 @@ def materialize(tree: PyTree) -> PyTree:
             once = bits
         for k, i in enumerate(members):
             out[i] = once[k]
-    return treedef.unflatten(out)
+    return tuple(out)
+
+
+@_materialize_leaves.defjvp
+def _materialize_jvp(primals: tuple, tangents: tuple) -> tuple:
+    (leaves,), (dleaves,) = primals, tangents
+    return _materialize_leaves(leaves), dleaves
 
 
 _SAME_WIDTH_INT = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+
+
+def in_manual_mesh() -> bool:
+    """Whether the code is being traced inside ``shard_map`` (manual mesh axes)."""
+    return bool(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()) or ())
 
 
 def vary_over_manual_axes(tree: PyTree) -> PyTree:
@@ -198,15 +231,20 @@ def vary_over_manual_axes(tree: PyTree) -> PyTree:
     while what the loop body computes from the problem's data is. Outside ``shard_map``
     this is the identity.
     """
-    axes = tuple(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()) or ())
+    axes = tuple(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", None) or [])
     if not axes:
         return tree
 
-    def varying(leaf):
-        t = jax.typeof(leaf)
-        manual = getattr(t, "manual_axis_type", None)
-        have = frozenset(getattr(manual, "varying", None) or getattr(t, "vma", None) or ())
-        missing = tuple(a for a in axes if a not in have)
-        return jax.lax.pcast(leaf, missing, to="varying") if missing else leaf
+    def varying(leaf: jax.Array) -> jax.Array:
+        t: Any = jax.typeof(leaf)
+        manual: Any = getattr(t, "manual_axis_type", None)
+        have: Any = getattr(manual, "varying", None) or getattr(t, "vma", None) or ()
+        missing = tuple(a for a in axes if a not in frozenset(have))
+        if not missing:
+            return leaf
+        lax: Any = jax.lax  # pcast from jax 0.7; jax 0.6 has pvary
+        if hasattr(lax, "pcast"):
+            return lax.pcast(leaf, missing, to="varying")
+        return lax.pvary(leaf, missing)
 
     return jax.tree.map(varying, tree)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jaxopt_dict._linesearch import WolfeTask, more_thuente_advance, more_thuente_step
 from jaxopt_dict._method import StepOutcome, Stepper
-from jaxopt_dict._tree import all_finite, materialize, vdot
+from jaxopt_dict._tree import all_finite, materialize, safe_divide, vdot
 from jaxopt_dict._tree import ravel as ravel_pytree
 from jaxopt_dict.methods._lbfgs_search import (
     WOLFE_GTOL,
@@ -55,7 +55,7 @@ class PairMemory(NamedTuple):
     s: jax.Array
     y: jax.Array
     rho: jax.Array
-    count: jax.Array
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (shadows tuple.count)
     gamma: jax.Array
 
 
@@ -98,9 +98,9 @@ def memory_push(
     return PairMemory(
         s=shifted(mem.s, s),
         y=shifted(mem.y, y),
-        rho=shifted(mem.rho, 1.0 / sy),
+        rho=shifted(mem.rho, safe_divide(1.0, sy)),
         count=jnp.where(when, mem.count + 1, mem.count),
-        gamma=jnp.where(when, sy / yy, mem.gamma),
+        gamma=jnp.where(when, safe_divide(sy, yy), mem.gamma),
     )
 
 
