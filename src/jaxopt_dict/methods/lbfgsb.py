@@ -40,7 +40,7 @@ from jaxopt_dict._compact import (
 from jaxopt_dict._linesearch import WolfeTask, more_thuente_advance, more_thuente_step
 from jaxopt_dict._method import Method, StepOutcome, Stepper
 from jaxopt_dict._options import SCIPY_FTOL, Option, line_search_options
-from jaxopt_dict._tree import dots, materialize
+from jaxopt_dict._tree import dots, in_manual_mesh, materialize, vary_over_manual_axes
 from jaxopt_dict._tree import ravel as ravel_pytree
 from jaxopt_dict.methods._lbfgs_search import (
     WOLFE_GTOL,
@@ -146,9 +146,16 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # Most trials satisfy both Wolfe conditions at once and skip the interpolation.
         # The cond also has XLA materialize these scalars once, instead of copying their
         # computation into every fusion that uses one (a 3x larger, slower program).
-        search, stp, sy, done, search_failed, push = jax.lax.cond(
-            wolfe, lambda: outcome(False), lambda: outcome(True)
-        )
+        # Inside shard_map, a select of both (its varying-axes check refuses these conds'
+        # branches: one returns constants, and their constants do not vary).
+        if in_manual_mesh():
+            pick = lambda a, b: jnp.where(wolfe, a, b)
+            both = vary_over_manual_axes((outcome(False), outcome(True)))
+            search, stp, sy, done, search_failed, push = jax.tree.map(pick, *both)
+        else:
+            search, stp, sy, done, search_failed, push = jax.lax.cond(
+                wolfe, lambda: outcome(False), lambda: outcome(True)
+            )
         # On the first trip the evaluation is x0's: it is taken as a finished search
         # with nothing to store, and the restart below makes init's state from it.
         done = done | first
@@ -170,11 +177,13 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         else:
             # One pass over the pairs gives both V^T y (for the update) and V^T g (for the
             # next direction); s's products are not needed without bounds.
+            vg_old = state.vg
+            assert vg_old is not None
             v_ge = pair_products(state.memory, ge)
-            products = jnp.stack([jnp.zeros_like(v_ge), v_ge - state.vg])
+            products = jnp.stack([jnp.zeros_like(v_ge), v_ge - vg_old])
             mem = memory_push(state.memory, s_new, y, sy, yy, ss, push, products, s_rows=False)
             pushed = pushed_products(state.memory, v_ge, stp * gd, y_ge)
-            vg = jnp.where(push, pushed, jnp.where(done, v_ge, state.vg))
+            vg = jnp.where(push, pushed, jnp.where(done, v_ge, vg_old))
             vg = jnp.where(first, 0.0, vg)
         # A failed search drops the memory and retries steepest descent from x once.
         stored = mem  # equal to state.memory (v aside) unless a pair was stored
@@ -207,9 +216,11 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # subspace step in a cond: 25% less time per trip there (under vmap the cond is a
         # select and both run). Without bounds the next step (H g) is cheap and the cond
         # cost more than it saved (A/B on 1000-D Rosenbrock): both run, one is kept.
-        if bounds is None:
+        # (Inside shard_map, the select too: see the first cond.)
+        if bounds is None or in_manual_mesh():
             pick = lambda a, b: jnp.where(restart, a, b)
-            z, fresh, d, gd0, new_search = jax.tree.map(pick, next_search(), same_search())
+            both = vary_over_manual_axes((next_search(), same_search()))
+            z, fresh, d, gd0, new_search = jax.tree.map(pick, *both)
         else:
             z, fresh, d, gd0, new_search = jax.lax.cond(restart, next_search, same_search)
         # One reset of the stored memory for both reasons (a pair is only stored on a
