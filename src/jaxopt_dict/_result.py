@@ -81,6 +81,9 @@ class Trace(NamedTuple):
 class OptimizeResult(NamedTuple):
     """What ``minimize`` returns; a NamedTuple of arrays, so it passes ``jit``/``vmap``.
 
+    The arrays are JAX arrays (numpy arrays in a callback's intermediate result).
+    ``print(res)`` shows an aligned table, as scipy's ``OptimizeResult`` does.
+
     Attributes:
       x: the solution, with x0's structure, shapes and dtypes; always the last iterate
         whose f and gradient were finite.
@@ -98,13 +101,13 @@ class OptimizeResult(NamedTuple):
     """
 
     x: PyTree
-    fun: jax.Array
+    fun: jax.Array | np.ndarray
     jac: PyTree
-    nit: jax.Array
-    nfev: jax.Array
-    njev: jax.Array
-    status: jax.Array
-    success: jax.Array
+    nit: jax.Array | np.ndarray
+    nfev: jax.Array | np.ndarray
+    njev: jax.Array | np.ndarray
+    status: jax.Array | np.ndarray
+    success: jax.Array | np.ndarray
     trace: Trace | None = None
     aux: Any = None
 
@@ -121,3 +124,144 @@ class OptimizeResult(NamedTuple):
         if isinstance(key, str):
             return getattr(self, key)
         return tuple.__getitem__(self, key)
+
+    def __repr__(self) -> str:
+        """An aligned table as scipy prints its ``OptimizeResult``: ``message`` first, keys
+        right-aligned, arrays summarized (``trace`` and ``aux`` only when present)."""
+        return _format_result(self)
+
+    __str__ = __repr__
+
+
+# scipy's order for the keys it has; other fields follow in their own order.
+_ORDER = ("message", "success", "status", "fun", "x", "nit", "jac", "nfev", "njev")
+
+
+def _format_result(res: OptimizeResult) -> str:
+    items: list[tuple[str, Any]] = []
+    try:
+        message = res.message
+    except Exception:  # noqa: BLE001  (a traced status under jit: no text to show)
+        message = None
+    if message is not None:
+        items.append(("message", _Text(_format_message(message, res.status))))
+    fields = dict(zip(res._fields, res))
+    for name in sorted(fields, key=lambda k: _ORDER.index(k) if k in _ORDER else len(_ORDER)):
+        value = fields[name]
+        if value is None:  # trace and aux when not asked for
+            continue
+        if name == "status":
+            value = _Text(_format_status(value))
+        elif name == "success":
+            value = _Text(_format_success(value))
+        items.append((name, value))
+    return _table(items, pad=1)
+
+
+class _Text(str):
+    """Already formatted: printed as is."""
+
+
+def _concrete(value: Any) -> np.ndarray | None:
+    try:
+        return np.asarray(value)
+    except Exception:  # noqa: BLE001  (a tracer: printed by its own repr)
+        return None
+
+
+def _format_message(message: str | np.ndarray, status: Any) -> str:
+    if isinstance(message, str):
+        return message
+    # A batch: how many problems stopped with each text, most frequent first.
+    texts, counts = np.unique(np.asarray(message).ravel().astype(str), return_counts=True)
+    total = int(np.size(status))
+    order = np.argsort(-counts, kind="stable")
+    return "\n".join(f"{counts[i]} of {total}: {texts[i]}" for i in order)
+
+
+def _format_status(status: Any) -> str:
+    array = _concrete(status)
+    if array is None:
+        return str(status)
+    if array.ndim == 0:
+        code = int(array)
+        name = Status(code).name if code in Status._value2member_map_ else "RUNNING"
+        return f"{code} ({name})"
+    return _format_array(array, 0)
+
+
+def _format_success(success: Any) -> str:
+    array = _concrete(success)
+    if array is None:
+        return str(success)
+    if array.ndim == 0:
+        return str(bool(array))
+    return f"{int(array.sum())} of {array.size}: " + _format_array(array, 0)
+
+
+def _float_10(x: Any) -> str:
+    """scipy's float format in result tables: ten characters, 4 significant digits."""
+    if np.isposinf(x):
+        return "       inf"
+    if np.isneginf(x):
+        return "      -inf"
+    if np.isnan(x):
+        return "       nan"
+    return np.format_float_scientific(x, precision=3, pad_left=2, unique=False)
+
+
+def _format_array(array: np.ndarray, indent: int) -> str:
+    if array.ndim == 0:
+        return str(array[()])  # a scalar in full precision, as scipy prints fun
+    # scipy's print options for result tables (at most 12 elements in full, else 2 at
+    # each edge), within 76 columns from where the value starts.
+    with np.printoptions(
+        linewidth=max(76 - indent, 20),
+        edgeitems=2,
+        threshold=12,
+        formatter={"float_kind": _float_10},
+    ):
+        return str(array)
+
+
+def _format_value(value: Any, indent: int) -> str:
+    if isinstance(value, _Text):
+        return value
+    leaves = jax.tree_util.tree_flatten_with_path(value)[0]
+    if len(leaves) == 1 and not leaves[0][0]:  # one array, not in a container
+        return _format_leaf(value, indent)
+    if not leaves:
+        return repr(value)
+    items = [(_path_label(path), leaf) for path, leaf in leaves]
+    return _table(items, pad=0, indent=indent)
+
+
+def _format_leaf(leaf: Any, indent: int) -> str:
+    if isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int, bool)):
+        array = _concrete(leaf)
+        if array is not None and array.dtype != object:
+            return _format_array(array, indent)
+    return repr(leaf)
+
+
+def _path_label(path: tuple) -> str:
+    parts = []
+    for entry in path:
+        for attr in ("key", "idx", "name"):  # DictKey, SequenceKey / FlattenedIndexKey, attr
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def _table(items: list[tuple[str, Any]], pad: int, indent: int = 0) -> str:
+    """``key: value`` lines, keys right-aligned; a value's later lines start under its
+    first one (scipy's ``_dict_formatter``)."""
+    width = max(len(k) for k, _ in items) + pad
+    lines = []
+    for key, value in items:
+        text = _format_value(value, indent + width + 2)
+        lines.append(key.rjust(width) + ": " + text.replace("\n", "\n" + " " * (width + 2)))
+    return "\n".join(lines)

@@ -30,6 +30,7 @@ def newton_direction(hess: jax.Array, grad: jax.Array) -> jax.Array:
 def _direction(ev: Evaluation):
     """The Newton direction; steepest descent where it is not finite (a Hessian that is
     not finite where f and g are, as for |x|^1.5 at 0), as L-BFGS-B falls back too."""
+    assert ev.hess is not None
     flat_g, unravel = ravel_pytree(ev.g)
     d = newton_direction(ev.hess, flat_g)
     return unravel(jnp.where(jnp.all(jnp.isfinite(d)), d, -flat_g))

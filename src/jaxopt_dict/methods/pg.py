@@ -176,13 +176,15 @@ def _numerical_inverse(physics, maxiter: int, gtol) -> Callable[[PyTree, PyTree]
 
 def make(opts: Mapping[str, Any]) -> Stepper:
     learning_rate = opts["learning_rate"]
+    inverse: Callable[[PyTree, PyTree], PyTree]
     if opts["physics_inv"] is not None:
         physics_inv = opts["physics_inv"]
 
-        def inverse(y_target, x_start):
+        def exact_inverse(y_target, x_start):
             del x_start
             return physics_inv(y_target)
 
+        inverse = exact_inverse
     else:
         inverse = _numerical_inverse(opts["physics"], opts["inner_maxiter"], opts["inner_gtol"])
 
