@@ -121,7 +121,7 @@ def test_args_must_be_a_tuple(no_solve, args):
         ("momentum", "b1"),
         ("momentum", "ftol"),
         ("Adam", "maxls"),
-        ("Newton", "eps"),
+        ("Newton", "b2"),  # Adam's
         ("Newton", "not_an_option"),
     ],
 )

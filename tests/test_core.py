@@ -718,7 +718,8 @@ def test_ftol_is_not_an_option_of_momentum_and_adam(method):
 # disp, callback, trace (SPEC 1): under jit
 # ---------------------------------------------------------------------------------------
 
-_ITER_LINE = re.compile(r"^\s*iter\s+(\d+)\b")
+# Under vmap, each line starts with the problem's index ("problem 3  iter ...").
+_ITER_LINE = re.compile(r"^\s*(?:problem\s+\d+\s+)?iter\s+(\d+)\b")
 
 
 @pytest.mark.parametrize("method_id", ["GD-fixed", "GD-linesearch"])

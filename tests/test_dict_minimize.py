@@ -214,6 +214,6 @@ def test_bounds_may_name_only_some_keys_or_one_side():
 
 def test_second_call_reuses_the_compiled_solve():
     jd_dict_minimize.minimize(_quadratic, X0, args=(1.0,), method="GD")
-    size = jd._minimize._solve._cache_size()
+    size = jd._minimize._solve_implicit._cache_size()
     jd_dict_minimize.minimize(_quadratic, X0, args=(2.0,), method="GD")
-    assert jd._minimize._solve._cache_size() == size
+    assert jd._minimize._solve_implicit._cache_size() == size

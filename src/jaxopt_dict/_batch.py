@@ -19,6 +19,7 @@ lane is reset.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from jaxopt_dict._implicit import with_implicit_diff
 from jaxopt_dict._loop import LoopConfig, advance, finish, start
 from jaxopt_dict._method import Method
 from jaxopt_dict._minimize import SolveStatic, evaluate_objective, prepare_solve
+from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult
 from jaxopt_dict._tree import project, vary_over_manual_axes
 
@@ -41,11 +43,33 @@ def _take(tree: PyTree, index: int | jax.Array) -> PyTree:
     return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
+class _BatchProgress:
+    """The host side of ``minimize_batch``'s ``progress``: a bar of the problems finished
+    out of B. Under a user's ``jax.vmap`` of ``minimize_batch`` (``broadcast_all``: each
+    update gets every batch's count at once) the bar counts all their problems together."""
+
+    def __init__(self):
+        self.bar = Bar(unit="problem", desc="minimize_batch")
+        self.per_batch = 0
+
+    def open(self, n_problems):
+        self.per_batch = int(np.ravel(n_problems)[0])  # B (a constant: never batched)
+        self.bar.open(self.per_batch)
+        return np.zeros(np.shape(n_problems), np.int32)
+
+    def update(self, finished):
+        n, total = int(np.sum(finished)), self.per_batch * int(np.size(finished))
+        self.bar.show(n, close=n >= total, total=total)
+        return np.zeros(np.shape(finished), np.int32)
+
+
 def _solve_queue_impl(
     key: tuple[SolveStatic, int, tuple], x0: PyTree, args: tuple, dynamic: dict, box
 ) -> OptimizeResult:
     static, lanes, args_axes = key
     opts = {**dict(static.options), **dynamic}
+    progress = _BatchProgress() if opts["progress"] else None
+    int_type = jax.ShapeDtypeStruct((), jnp.int32)
     stepper = static.method.make(opts)
     config = LoopConfig(maxiter=opts["maxiter"])
     hessian = static.method.needs_hessian
@@ -92,6 +116,14 @@ def _solve_queue_impl(
         ev = evaluate(carry.trial, lane_args)
         carry = advance_lanes(carry, ev)
         done = active & (carry.status != RUNNING)
+        if progress is not None:
+            # The bar moves on trips that finish a problem (the cond skips the host
+            # otherwise). The host returns 0, added where it orders the call in the loop.
+            update = functools.partial(
+                jax.pure_callback, progress.update, int_type, vmap_method="broadcast_all"
+            )
+            finished = next_problem - jnp.sum(active & ~done, dtype=jnp.int32)
+            next_problem += jax.lax.cond(jnp.any(done), update, jnp.zeros_like, finished)
 
         def write(results):
             rows = jnp.where(done, lane_problem, n_problems)  # out of range: dropped
@@ -132,14 +164,13 @@ def _solve_queue_impl(
         )
         return carry, lane_args, lane_problem, active, next_problem, results
 
-    loop = (
-        carry,
-        lane_args,
-        lane_problem,
-        jnp.ones(lanes, bool),
-        jnp.asarray(lanes, jnp.int32),
-        results,
-    )
+    next_problem = jnp.asarray(lanes, jnp.int32)
+    if progress is not None:  # opens the bar; the 0 it returns orders it before the loop
+        total = jnp.asarray(n_problems, jnp.int32)
+        next_problem += jax.pure_callback(
+            progress.open, int_type, total, vmap_method="broadcast_all"
+        )
+    loop = (carry, lane_args, lane_problem, jnp.ones(lanes, bool), next_problem, results)
     return jax.lax.while_loop(cond, body, vary_over_manual_axes(loop))[5]
 
 
@@ -188,7 +219,10 @@ def minimize_batch(
     """Solve a batch of problems with continuous batching; like ``jax.vmap(minimize)``.
 
     Args:
-      fun, jac, method, tol, options: as for ``minimize`` (``disp``/``trace`` not taken).
+      fun, jac, method, tol, options: as for ``minimize`` (``disp``/``trace`` not taken);
+        ``options={"progress": True}`` shows a tqdm bar of the problems finished out of
+        B, moved from the compiled loop on trips that finish a problem and redrawn at most
+        a few times a second (nothing of it is in the program unless asked for).
       x0: a pytree whose every leaf has a leading batch axis of the same length B.
       args: a tuple of pytrees; those batched (see ``args_axes``) have the leading batch
         axis B on every leaf, the others are shared by all problems.

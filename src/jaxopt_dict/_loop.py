@@ -2,11 +2,11 @@
 
 The driver owns everything that is the same for every method: the six statuses and
 scipy's stopping rules, "return the last finite iterate", ``maxfun``, and the optional
-``callback`` / ``disp`` / ``trace`` (absent from the compiled program unless asked for).
-A method only says, per trip, whether the evaluated point is its new iterate and which
-point to evaluate next; so a line search is a state machine, never a nested loop, and a
-vmapped batch costs exactly as many evaluations as its hardest member. Nothing is
-evaluated before the loop: its first trip evaluates x0 and starts the method.
+``callback`` / ``disp`` / ``progress`` / ``trace`` (absent from the compiled program
+unless asked for). A method only says, per trip, whether the evaluated point is its new
+iterate and which point to evaluate next; so a line search is a state machine, never a
+nested loop, and a vmapped batch costs exactly as many evaluations as its hardest member.
+Nothing is evaluated before the loop: its first trip evaluates x0 and starts the method.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
+from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace, status_message
 from jaxopt_dict._tree import (
     inf_norms,
@@ -46,6 +47,8 @@ class LoopConfig(NamedTuple):
     # ``adjoint="unrolled"``: the loop is a bounded, checkpointed scan of this many trips
     # (reverse-differentiable); ``None``: a ``while_loop`` (``run``).
     unrolled_trips: int | None = None
+    # ``options["progress"]``: a tqdm bar of the iterations (``_progress``).
+    progress: bool = False
 
 
 class _Carry(NamedTuple):
@@ -104,32 +107,104 @@ def pop_callback_error(token: int) -> Exception | None:
         return _callback_errors.pop(token, None)
 
 
-def _host_report(config: LoopConfig) -> Callable[..., np.ndarray]:
-    """A host function printing (``disp``) and calling back (``callback``) per iteration.
+def success_of(status, f, f0):
+    """``res.success`` from the final status, f and f(x0): CONVERGED, or FTOL/XTOL after
+    progress (``f < f0``). NumPy and JAX values alike (the host report uses it too)."""
+    stopped = (status == Status.FTOL) | (status == Status.XTOL)
+    return (status == Status.CONVERGED) | (stopped & (f < f0))
 
-    It returns 1 when the solve must stop (the callback raised), else 0."""
 
-    def report(token, running, first, accepted, x, f, g, nit, nfev, pg_norm, step_norm):
-        go_on = np.asarray(0, np.int32)
-        # Under vmap the loop body runs for every problem until the last one stops; a
-        # finished problem's trips are discarded and must not be reported.
-        if not bool(running):
-            return go_on
-        if bool(first):
-            if config.disp:
-                print(f"iter      0  f = {float(f): .8e}  |pg|_inf = {float(pg_norm):.3e}")
-            return go_on
-        if not bool(accepted):
-            return go_on
-        if config.disp:
-            print(
-                f"iter {int(nit):6d}  f = {float(f): .8e}  |pg|_inf = {float(pg_norm):.3e}"
-                f"  |step|_inf = {float(step_norm):.3e}  nfev = {int(nfev)}",
-                flush=True,
-            )
-        if config.callback is None:
-            return go_on
-        nfev = np.asarray(nfev)
+def _own_entry(i: int, batch: np.ndarray) -> np.ndarray:
+    """Entry ``i`` of a batch, an array of its own."""
+    return np.array(batch[i])
+
+
+class _HostReport:
+    """The host side of ``disp``, ``callback`` and ``progress``, called once per trip of
+    the loop (``advance``) with the trip's values. It prints, calls the user's callback and
+    moves the progress bar, and returns 1 where a problem must stop (its callback raised).
+
+    Under ``jax.vmap`` (``vmap_method="broadcast_all"``) it gets the whole batch at once:
+    every value has the batch's leading dimensions (one per vmap; nested ones are flattened
+    in C order, so problem ``i`` is entry ``i`` of ``res.nit.ravel()``). Lines are then
+    labelled with the problem's index, only problems still running are reported (a finished
+    problem's trips are discarded by the loop), the callback is called once per problem
+    with its own ``OptimizeResult``, and the progress bar counts the iterations of the
+    problem furthest along. Unbatched, lines carry no label.
+
+    A problem's final line (its status message) is printed on the trip that ends it: the
+    status the trip computed, or ``CALLBACK_STOP`` where the callback raised.
+    """
+
+    def __init__(self, config: LoopConfig):
+        self.config = config
+        self.bar = Bar(unit="it") if config.progress else None
+        self.postfix: str | None = None
+        self.count = 0  # the bar's count: iterations of the problem furthest along
+
+    def __call__(self, token, running, first, accepted, status, values, xg):
+        try:
+            return self._report(token, running, first, accepted, status, values, xg)
+        except BaseException:
+            if self.bar is not None:  # the run ends here: the program reports an error
+                self.bar.close()
+            raise
+
+    def _report(self, token, running, first, accepted, status, values, xg):
+        config = self.config
+        batch_shape = np.shape(running)
+        size = math.prod(batch_shape)
+
+        def flat(value):
+            value = np.asarray(value)
+            return value.reshape((size,) + value.shape[len(batch_shape) :])
+
+        running, first, accepted, status = map(flat, (running, first, accepted, status))
+        f, f0, nit, nfev, pg_norm, step_norm = map(flat, values)
+        token = int(np.ravel(token)[0])
+        if xg is not None:
+            xg = jax.tree.map(flat, xg)
+        width = len(str(size - 1))
+        bar = self.bar
+        if bar is not None and (first.any() or not bar.is_open):  # a new run of the program
+            bar.open(self.config.maxiter)
+            self.postfix, self.count = None, 0
+        say = functools.partial(print, flush=True) if bar is None else bar.print
+        stop = np.zeros(size, np.int32)
+        end = status.copy()  # each problem's status after this trip
+        for i in np.flatnonzero(running).tolist():
+            label = f"problem {i:>{width}}  " if batch_shape else ""
+            if first[i]:
+                if config.disp:
+                    say(
+                        f"{label}iter      0  f = {float(f[i]): .8e}"
+                        f"  |pg|_inf = {float(pg_norm[i]):.3e}"
+                    )
+            elif accepted[i]:
+                if config.disp:
+                    say(
+                        f"{label}iter {int(nit[i]):6d}  f = {float(f[i]): .8e}"
+                        f"  |pg|_inf = {float(pg_norm[i]):.3e}"
+                        f"  |step|_inf = {float(step_norm[i]):.3e}  nfev = {int(nfev[i])}"
+                    )
+                if xg is not None:  # a callback: x and g came to the host
+                    # The problem's own values, as arrays of their own (the callback may
+                    # keep them).
+                    own = functools.partial(_own_entry, i)
+                    x, g, *scalars = jax.tree.map(own, (*xg, f, nit, nfev))
+                    stop[i] = self._call_back(token, x, g, *scalars)
+                    if stop[i] and end[i] == RUNNING:
+                        end[i] = Status.CALLBACK_STOP
+            if config.disp and end[i] != RUNNING:
+                success = bool(success_of(end[i], f[i], f0[i]))
+                say(f"{label}     {status_message(end[i], success)}")
+        if bar is not None:
+            self._progress(bar, batch_shape, running, first, accepted, end, f, nit, pg_norm)
+        return stop.reshape(batch_shape)
+
+    def _call_back(self, token, x, g, f, nit, nfev) -> int:
+        """The user's callback on one problem's iterate; 1 if the problem must stop."""
+        assert self.config.callback is not None
         intermediate = OptimizeResult(
             x=x,
             fun=f,
@@ -141,22 +216,32 @@ def _host_report(config: LoopConfig) -> Callable[..., np.ndarray]:
             success=np.asarray(False),
         )
         try:
-            config.callback(intermediate)
+            self.config.callback(intermediate)
         except StopIteration:  # scipy >= 1.11: stop, and return the current iterate.
-            return np.asarray(1, np.int32)
+            return 1
         except Exception as error:
-            if int(token) == NO_CALLBACK_TOKEN:
+            if token == NO_CALLBACK_TOKEN:
                 raise
             with _callback_lock:
-                _callback_errors[int(token)] = error
-            return np.asarray(1, np.int32)
-        return go_on
+                _callback_errors[token] = error
+            return 1
+        return 0
 
-    return report
-
-
-def _final_message(status, success) -> None:
-    print(f"     {status_message(status, bool(success))}", flush=True)
+    def _progress(self, bar, batch_shape, running, first, accepted, end, f, nit, pg_norm):
+        """The bar: iterations of the problem furthest along, out of maxiter, with its f and
+        |pg|_inf (from its last iterate); closed on the trip that ends the last problem."""
+        # A finished problem's values are stale (its trips are discarded): the running
+        # ones tell, and the count keeps the most any problem reached.
+        candidates = np.flatnonzero(running)
+        lead = candidates[np.argmax(nit[candidates])]
+        self.count = max(self.count, int(nit[lead]))
+        if first[lead] or accepted[lead]:
+            self.postfix = f"f={float(f[lead]):.6e}, |pg|_inf={float(pg_norm[lead]):.2e}"
+            if batch_shape:
+                still = int(np.sum(running & (end == RUNNING)))
+                self.postfix = f"problem {lead}, {self.postfix}, running {still}/{len(end)}"
+        done = not np.any(running & (end == RUNNING))
+        bar.show(self.count, self.postfix, close=done)
 
 
 def start(
@@ -334,25 +419,28 @@ def advance(
                 ev.x,
             ),
         )
-    if config.disp or config.callback is not None:
+    if config.disp or config.callback is not None or config.progress:
         token = opts.get("callback_token", NO_CALLBACK_TOKEN)
         # A pure callback: its result is used, so it always runs, and (unlike io_callback)
-        # it is allowed in a vmapped while_loop, where it runs once per problem.
-        reported = (x, f, g, pg_norm, step_norm)
+        # it is allowed in a vmapped while_loop. Under vmap it runs once per trip for the
+        # whole batch ("broadcast_all": every argument gets the batch's dimensions), so
+        # the host can label each problem's lines (``_HostReport``). x and g travel to the
+        # host only for a callback.
+        values = (f, f0, nit, nfev, pg_norm, step_norm)
+        xg = (x, g) if config.callback is not None else None
         # The host sees values only (a callback has no derivative).
-        reported = jax.tree.map(jax.lax.stop_gradient, reported)
+        values, xg = jax.tree.map(jax.lax.stop_gradient, (values, xg))
         stop = jax.pure_callback(
-            _host_report(config),
+            _HostReport(config),
             jax.ShapeDtypeStruct((), jnp.int32),
             token,
             c.status == RUNNING,
             first,
             accepted,
-            *reported[:3],
-            nit,
-            nfev,
-            *reported[3:],
-            vmap_method="sequential",
+            status,
+            values,
+            xg,
+            vmap_method="broadcast_all",
         )
         status = jnp.where((status == RUNNING) & (stop != 0), Status.CALLBACK_STOP, status)
     return _Carry(state, trial, x, f, f0, g, nit, nfev, status, small_gradient, trace, aux)
@@ -373,8 +461,7 @@ def finish(c: _Carry, config: LoopConfig) -> OptimizeResult:
         )
     # FTOL and XTOL say the solve stopped moving; that is a success only if it got
     # somewhere (an update lost to rounding from x0 also stops x).
-    stopped = (c.status == Status.FTOL) | (c.status == Status.XTOL)
-    success = (c.status == Status.CONVERGED) | (stopped & (c.f < c.f0))
+    success = success_of(c.status, c.f, c.f0)
     return OptimizeResult(
         x=c.x,
         fun=c.f,
@@ -458,7 +545,6 @@ def run(
         carry = carry._replace(
             status=jnp.where(carry.status == RUNNING, Status.MAX_ITER, carry.status)
         )
-    result = finish(carry, config)
-    if config.disp:
-        jax.debug.callback(_final_message, result.status, result.success)
-    return result
+    # disp's final line and the progress bar's end come from the host report of the
+    # trip that ends the solve (``_HostReport``).
+    return finish(carry, config)

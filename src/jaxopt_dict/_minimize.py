@@ -28,6 +28,7 @@ from jaxopt_dict._problem import (
     canonicalize_x0,
     make_objective,
 )
+from jaxopt_dict._progress import require_tqdm
 from jaxopt_dict._result import OptimizeResult
 from jaxopt_dict.methods import method_names, methods_with_bounds, resolve_method
 
@@ -64,6 +65,7 @@ def _run(
         trace=opts["trace"],
         callback=callback,
         unrolled_trips=unrolled_trips,
+        progress=opts["progress"],
     )
     return run(stepper, evaluate, x0, box, opts, config)
 
@@ -98,15 +100,15 @@ def unrolled_trips(static: SolveStatic, dynamic: Mapping[str, Any]) -> int:
     search).
 
     Raises:
-      ValueError: a callback or ``disp`` given (the checkpointed reverse pass runs
-        iterations again, which would call them again).
+      ValueError: a callback, ``disp`` or ``progress`` given (the checkpointed reverse
+        pass runs iterations again, which would report them again).
     """
     opts = dict(static.options)
-    if static.callback is not None or opts["disp"]:
+    if static.callback is not None or opts["disp"] or opts["progress"]:
         raise ValueError(
-            "options['adjoint']='unrolled' does not take a callback or disp: its reverse "
-            "pass recomputes iterations (checkpointing), which would report them again. "
-            "Use options['trace'] to keep the iterates."
+            "options['adjoint']='unrolled' does not take a callback or disp (nor progress): "
+            "its reverse pass recomputes iterations (checkpointing), which would report "
+            "them again. Use options['trace'] to keep the iterates."
         )
     trips = opts["maxfun"]  # static under this adjoint (``prepare_solve``)
     if not static.method.make({**opts, **dynamic}).rejects_nonfinite:  # no line search
@@ -195,6 +197,8 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, ha
             if any(spec.name == name for spec in specs):
                 options.setdefault(name, tol)
     values = resolve_options(method_rec.name, specs, options)
+    if values["progress"]:
+        require_tqdm()  # the bar is tqdm's, an optional dependency
     if values.get("trace"):
         # The trace holds x and f for iterations 0..maxiter, allocated up front: refuse a
         # buffer no one meant to ask for (n = 1e5 float64 at maxiter 15000 is 12 GB). f's
@@ -258,11 +262,16 @@ def minimize(
       tol: sets ``gtol`` (and ``ftol`` where the method uses it) unless options give them.
       options: method options (``maxiter``, ``gtol``, ``learning_rate``, ...). scipy's
         ``disp`` as an int and ``iprint`` are read as scipy means them (print or not);
-        its finite-difference ``eps`` is refused (there is none). ``adjoint``:
-        ``"implicit"`` (default) or ``"unrolled"`` (see Returns).
+        its finite-difference ``eps`` is refused (there is none). ``disp=True`` prints
+        one line per iteration (under ``jax.vmap``, labelled ``problem i``) and a final
+        message. ``progress=True`` shows a tqdm progress bar (iterations of maxiter, with
+        f and |pg|_inf; under ``jax.vmap``, of the problem furthest along), redrawn at
+        most a few times a second; it needs tqdm installed (``ImportError`` otherwise).
+        ``adjoint``: ``"implicit"`` (default) or ``"unrolled"`` (see Returns).
       has_aux: ``fun`` returns ``(value, aux)`` (with ``jac=True``: ``((value, aux),
         grad)``); ``res.aux`` is aux at ``res.x`` (differentiable like ``res.x``).
-      callback: ``callback(intermediate_result)`` on the host after every iteration.
+      callback: ``callback(intermediate_result)`` on the host after every iteration
+        (under ``jax.vmap``, once per problem with that problem's result).
         Raising ``StopIteration`` in it ends the solve with ``Status.CALLBACK_STOP`` and
         the current iterate (as in scipy >= 1.11); any other exception ends it and is
         raised here as itself (inside a user's ``jit``, JAX reports it wrapped).
@@ -277,11 +286,12 @@ def minimize(
       ``options={"adjoint": "unrolled"}`` they are those of the iterations as computed
       (x0, args, bounds and numeric options alike): a checkpointed scan of at most
       ``maxfun`` trips (``maxiter + 1`` without a line search), reverse memory about
-      2 sqrt(trips) loop states; no callback or disp then.
+      2 sqrt(trips) loop states; no callback, disp or progress then.
 
     Raises:
       TypeError: wrong kinds of input (non-float x0 leaves, non-scalar fun, unknown option).
       ValueError: wrong values (bad bounds, unknown method, option out of range).
+      ImportError: ``options["progress"]`` without tqdm installed.
 
     Example:
       >>> import jax.numpy as jnp, jaxopt_dict as jd

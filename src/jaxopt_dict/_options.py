@@ -56,6 +56,8 @@ def common_options(maxiter: int = 1000) -> tuple[Option, ...]:
         Option("gtol", 1e-5, float, low=0.0),
         Option("xtol", 0.0, float, low=0.0),
         Option("disp", False, bool, static=True),
+        # A tqdm progress bar (``_progress``): iterations, or problems for minimize_batch.
+        Option("progress", False, bool, static=True),
         Option("trace", False, bool, static=True),
         # How derivatives of the result are taken: "implicit" (at the solution, the
         # default) or "unrolled" (reverse mode through the iterations; ``_loop``).
