@@ -239,7 +239,7 @@ def minimize_batch(
       ``minimize`` (implicit differentiation at each problem's solution; the derivative
       in a shared arg sums over the problems, as through ``jax.vmap``).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jaxopt_dict as jd
       >>> centers = jnp.arange(6.0).reshape(3, 2)
       >>> res = jd.minimize_batch(lambda x, c: jnp.sum((x - c) ** 2), jnp.zeros((3, 2)),

@@ -293,7 +293,7 @@ def minimize(
       ValueError: wrong values (bad bounds, unknown method, option out of range).
       ImportError: ``options["progress"]`` without tqdm installed.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jaxopt_dict as jd
       >>> res = jd.minimize(lambda x: jnp.sum((x["a"] - 1.0) ** 2) + x["b"] ** 2,
       ...                   {"a": jnp.zeros(3), "b": jnp.asarray(2.0)}, method="GD")

@@ -30,6 +30,8 @@ class Status(enum.IntEnum):
 
     @property
     def message(self) -> str:
+        """The sentence ``res.message`` gives for this status (a stall's own for FTOL and
+        XTOL without progress comes from ``status_message``)."""
         return _MESSAGES[self]
 
 

@@ -168,7 +168,7 @@ def minimize(
       TypeError: ``fun`` not returning ``(value, grad_dict)``, an unknown option, a
         non-dict ``x0_dict`` or bound.
 
-    Example:
+    Examples:
       >>> from collections import OrderedDict
       >>> import jax, jax.numpy as jnp
       >>> from jaxopt_dict.dict_minimize import minimize
