@@ -81,3 +81,26 @@ def test_an_exception_inside_a_users_jit_still_stops_the_program():
     solve = jax.jit(lambda x: jd.minimize(quartic, x, args=(1.0,), method="GD", callback=broken))
     with pytest.raises(Exception, match="inside jit"):
         jax.block_until_ready(solve(jnp.zeros(2)))
+
+
+def broken_at_2(intermediate_result):
+    if int(intermediate_result.nit) >= 2:
+        raise MyError("from the callback, transformed")
+
+
+def test_exceptions_under_a_users_vmap_or_grad_outside_jit_reach_the_caller_as_themselves():
+    """Outside jit, a user's vmap or grad runs the program at once too (SPEC section 2):
+    before, the exception reached the caller wrapped in JAX's runtime error."""
+    solve = lambda c: jd.minimize(quartic, jnp.zeros(2), (c,), "L-BFGS", callback=broken_at_2)
+    with pytest.raises(MyError, match="transformed"):
+        jax.vmap(lambda c: solve(c).x)(jnp.array([1.0, 2.0]))
+    with pytest.raises(MyError, match="transformed"):
+        jax.grad(lambda c: solve(c).x.sum())(1.0)
+
+
+def test_an_exception_under_jit_of_vmap_is_reported_not_lost():
+    """Staged (inside a user's jit), the batched host report re-raises: JAX reports it."""
+    solve = lambda c: jd.minimize(quartic, jnp.zeros(2), (c,), "L-BFGS", callback=broken_at_2)
+    batched = jax.jit(jax.vmap(lambda c: solve(c).x))
+    with pytest.raises(Exception, match="transformed"):
+        jax.block_until_ready(batched(jnp.array([1.0, 2.0])))

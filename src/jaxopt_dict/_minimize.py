@@ -307,20 +307,41 @@ def minimize(
         return _solve(static, x0, args, dynamic, box)
     # Outside a user's jit the program runs now, so an exception the callback raises can
     # reach the caller as itself: the callback keeps it and stops the solve (``_loop``).
-    traced = any(
-        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((x0, args, dynamic, box))
-    )
-    token = NO_CALLBACK_TOKEN if traced else new_callback_token()
+    # (Under a user's vmap or grad outside jit it runs now too: over concrete values.)
+    runs_now = _values_if_run_now((x0, args, dynamic, box)) is not None
+    token = new_callback_token() if runs_now else NO_CALLBACK_TOKEN
     dynamic["callback_token"] = jnp.asarray(token, jnp.int32)
     try:
         res = _solve(static, x0, args, dynamic, box)
-        if not traced:
-            jax.block_until_ready(res)
+        if runs_now:
+            jax.block_until_ready(_values_if_run_now(res))
     finally:
         error = pop_callback_error(token)
     if error is not None:
         raise error
     return res
+
+
+def _values_if_run_now(tree: PyTree) -> list | None:
+    """The concrete arrays under ``tree``'s leaves if a computation on it runs now: no
+    tracer, or only ``vmap``/``jvp`` tracers over concrete values (a user's ``vmap`` or
+    ``grad`` outside ``jit``); ``None`` where it is being staged (a user's ``jit``)."""
+    values = []
+    for leaf in jax.tree.leaves(tree):
+        while isinstance(leaf, jax.core.Tracer):
+            # Named, not duck-typed: a jit's tracer has a ``val`` too. Any other tracer
+            # (or a renamed one) counts as staged: the exception is then wrapped, not lost.
+            inner_of = _EAGER_TRACERS.get(type(leaf).__name__)
+            if inner_of is None:
+                return None
+            leaf = getattr(leaf, inner_of)
+        values.append(leaf)
+    return values
+
+
+# Tracers of transformations that run at once outside jit, and the attribute holding
+# what they wrap.
+_EAGER_TRACERS = {"BatchTracer": "val", "JVPTracer": "primal", "LinearizeTracer": "primal"}
 
 
 __all__ = ["method_names", "minimize", "option_specs"]
