@@ -151,8 +151,8 @@ def check_cell(name: str, cell: str) -> None:
         jac_x0, jac_a = jax.jit(jax.jacrev(x2, argnums=(0, 1)))(x0, a)
         np.testing.assert_allclose(jac_x0, central(lambda x: x2(x, a), x0), rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(jac_a, central(lambda v: x2(x0, v), a), rtol=1e-6, atol=1e-8)
-        # Not zero: x2 depends on x0 (PG lands on the minimizer in one step: on a only).
-        assert np.abs(jac_x0).max() > (0.0 if name == "PG" else 1e-3)
+        # Not zero: two iterations from x0 still depend on it (PG's too: 0.28).
+        assert np.abs(jac_x0).max() > 1e-3
         assert np.abs(jac_a).max() > 1e-4
     else:  # pragma: no cover
         raise AssertionError(cell)

@@ -145,7 +145,6 @@ class Skeleton:
     """A callable without its arrays; ``rebuild(skeleton, data)`` puts them back."""
 
     root: Any
-    n_leaves: int
 
 
 class _Splitter:
@@ -332,7 +331,7 @@ def split_callable(obj: Any, name: str) -> tuple[Any, tuple]:
             "(a tuple, a frozenset, a frozen dataclass), hold it as an array, or pass it "
             "through args."
         )
-    skeleton = Skeleton(root, len(splitter.data))
+    skeleton = Skeleton(root)
     data = tuple(splitter.data)
     try:
         rebuild(skeleton, data)

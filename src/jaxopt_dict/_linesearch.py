@@ -234,9 +234,6 @@ def more_thuente_step(s: MoreThuente, xtol: float = 0.1) -> jax.Array:
     return jnp.where(stuck | ~jnp.isfinite(stp), s.stx, stp)
 
 
-_div = safe_divide  # branches a ``where`` discards must not put 0/0 into the carry
-
-
 def _cubic_gamma(theta, da, db):
     """``s * sqrt((theta/s)^2 - (da/s)(db/s))``, scaled against overflow (Moré–Thuente).
 
@@ -259,23 +256,23 @@ def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, bracketed, stpmin, stpmax):
     """
     sgnd = dp * jnp.sign(dx)
     delta = stp - stx
-    theta = 3.0 * _div(fx - fp, delta) + dx + dp
+    theta = 3.0 * safe_divide(fx - fp, delta) + dx + dp
     gamma = _cubic_gamma(theta, dx, dp)
     to_x = stx - stp
 
     # Case 1.
     g1 = jnp.where(stp < stx, -gamma, gamma)
-    stpc1 = stx + _div((g1 - dx) + theta, ((g1 - dx) + g1) + dp) * delta
-    stpq1 = stx + 0.5 * _div(dx, _div(fx - fp, delta) + dx) * delta
+    stpc1 = stx + safe_divide((g1 - dx) + theta, ((g1 - dx) + g1) + dp) * delta
+    stpq1 = stx + 0.5 * safe_divide(dx, safe_divide(fx - fp, delta) + dx) * delta
     stpf1 = jnp.where(
         jnp.abs(stpc1 - stx) < jnp.abs(stpq1 - stx), stpc1, stpc1 + 0.5 * (stpq1 - stpc1)
     )
     # Cases 2 and 3 share the secant step toward stx.
     g23 = jnp.where(stp > stx, -gamma, gamma)
-    stpq = stp + _div(dp, dp - dx) * to_x
-    stpc2 = stp + _div((g23 - dp) + theta, ((g23 - dp) + g23) + dx) * to_x
+    stpq = stp + safe_divide(dp, dp - dx) * to_x
+    stpc2 = stp + safe_divide((g23 - dp) + theta, ((g23 - dp) + g23) + dx) * to_x
     stpf2 = jnp.where(jnp.abs(stpc2 - stp) > jnp.abs(stpq - stp), stpc2, stpq)
-    r3 = _div((g23 - dp) + theta, (g23 + (dx - dp)) + g23)
+    r3 = safe_divide((g23 - dp) + theta, (g23 + (dx - dp)) + g23)
     stpc3 = jnp.where((r3 < 0) & (g23 != 0), stp + r3 * to_x, jnp.where(stp > stx, stpmax, stpmin))
     closer = jnp.abs(stpc3 - stp) < jnp.abs(stpq - stp)
     reach = stp + 0.66 * (sty - stp)
@@ -285,10 +282,10 @@ def _dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, bracketed, stpmin, stpmax):
     stpf3_free = jnp.clip(jnp.where(farther, stpc3, stpq), stpmin, stpmax)
     stpf3 = jnp.where(bracketed, stpf3_br, stpf3_free)
     # Case 4.
-    theta4 = 3.0 * _div(fp - fy, sty - stp) + dy + dp
+    theta4 = 3.0 * safe_divide(fp - fy, sty - stp) + dy + dp
     g4 = _cubic_gamma(theta4, dy, dp)
     g4 = jnp.where(stp > sty, -g4, g4)
-    stpc4 = stp + _div((g4 - dp) + theta4, ((g4 - dp) + g4) + dy) * (sty - stp)
+    stpc4 = stp + safe_divide((g4 - dp) + theta4, ((g4 - dp) + g4) + dy) * (sty - stp)
     stpf4 = jnp.where(bracketed, stpc4, jnp.where(stp > stx, stpmax, stpmin))
 
     case1 = fp > fx

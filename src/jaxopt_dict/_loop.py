@@ -255,7 +255,8 @@ def start(
 
     ``x0`` must already be projected; ``ev_types`` is an evaluation's shapes and dtypes
     (``jax.eval_shape``). The method's state is a placeholder of zeros (see
-    ``Stepper.step_starts``): no code of the method's ``init`` enters the program.
+    ``Stepper.step_starts``): no code of the method's ``init`` enters the program, except
+    under ``adjoint="unrolled"``, where the placeholder is ``init``'s state at x0 (below).
     """
     state_types = jax.eval_shape(lambda ev: stepper.init(ev, box)[0], ev_types)
     zeros = lambda t: jnp.zeros(t.shape, t.dtype)
@@ -428,8 +429,6 @@ def advance(
         # host only for a callback.
         values = (f, f0, nit, nfev, pg_norm, step_norm)
         xg = (x, g) if config.callback is not None else None
-        # The host sees values only (a callback has no derivative).
-        values, xg = jax.tree.map(jax.lax.stop_gradient, (values, xg))
         stop = jax.pure_callback(
             _HostReport(config),
             jax.ShapeDtypeStruct((), jnp.int32),

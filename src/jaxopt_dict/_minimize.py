@@ -108,7 +108,7 @@ def unrolled_trips(static: SolveStatic, dynamic: Mapping[str, Any]) -> int:
         raise ValueError(
             "options['adjoint']='unrolled' does not take a callback or disp (nor progress): "
             "its reverse pass recomputes iterations (checkpointing), which would report "
-            "them again. Use options['trace'] to keep the iterates."
+            "them again."
         )
     trips = opts["maxfun"]  # static under this adjoint (``prepare_solve``)
     if not static.method.make({**opts, **dynamic}).rejects_nonfinite:  # no line search

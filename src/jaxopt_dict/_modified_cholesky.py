@@ -173,19 +173,17 @@ def _solve_shifted(hess: jax.Array, rhs: jax.Array, delta: jax.Array) -> jax.Arr
     Differentiable in H and rhs (``adjoint="unrolled"``) although the search for tau is a
     ``while_loop``: the search runs on values only, and tau, a power of two times ``beta``
     or times ``beta - min h_ii``, is then written as that function of H."""
-    hess_d, delta_d = hess, delta
-    hess, delta = jax.lax.stop_gradient((hess, delta))
+    # beta and min h_ii as functions of H (for tau's derivative, below); the search
+    # itself runs on values only (a while_loop has no reverse mode).
+    hess_d = hess
+    beta_d = jnp.maximum(SHIFT_BETA * jnp.max(jnp.abs(hess)), delta)
+    min_diag_d = jnp.min(jnp.diagonal(hess))
+    hess, delta, beta, min_diag = jax.lax.stop_gradient((hess, delta, beta_d, min_diag_d))
     eye = jnp.eye(rhs.shape[0], dtype=hess.dtype)
-
-    def beta_of(hess, delta):
-        return jnp.maximum(SHIFT_BETA * jnp.max(jnp.abs(hess)), delta)
-
-    beta = beta_of(hess, delta)
-    min_diag = jnp.min(jnp.diagonal(hess))
     tau = jnp.where(min_diag > 0, jnp.zeros_like(beta), beta - min_diag)
 
     def attempt(tau: jax.Array) -> tuple[jax.Array, jax.Array]:
-        chol = jnp.linalg.cholesky(jnp.where(tau > 0, hess + tau * eye, hess))
+        chol = jnp.linalg.cholesky(hess + tau * eye)  # tau = 0: H itself, exactly
         return chol, jnp.all(jnp.isfinite(chol)) & (jnp.min(jnp.diagonal(chol)) ** 2 >= delta)
 
     def failed(state) -> jax.Array:  # a non-finite H stops at once (tau not finite)
@@ -209,8 +207,7 @@ def _solve_shifted(hess: jax.Array, rhs: jax.Array, delta: jax.Array) -> jax.Arr
         retry,
         vary_over_manual_axes(carry),  # (shard_map)
     )
-    beta_d = beta_of(hess_d, delta_d)
-    base_d = jnp.where(on_beta, beta_d, beta_d - jnp.min(jnp.diagonal(hess_d)))
+    base_d = jnp.where(on_beta, beta_d, beta_d - min_diag_d)
     power = jax.lax.stop_gradient(safe_divide(tau, base_d))
     tau_d = jnp.where(tau > 0, power * base_d, 0.0)
     return _cho_solve_shifted(hess_d, tau_d, rhs, chol)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxopt_dict._linesearch import MoreThuente, more_thuente_start, more_thuente_step
 from jaxopt_dict._method import Box
-from jaxopt_dict._tree import dots, safe_sqrt
+from jaxopt_dict._tree import dots, safe_divide, safe_sqrt
 from jaxopt_dict._tree import ravel as ravel_pytree
 
 BIG_STEP = 1e10  # scipy's stpmax when no bound limits the step
@@ -103,7 +103,7 @@ def start_search(x, f, g, z, iteration, bounds: Bounds | None):
         reach = jnp.minimum(jnp.min(ratio_to_bounds(x, d, bounds)), BIG_STEP)
         stpmax = jnp.where(first & bounds.constrained, 1.0, reach).astype(x.dtype)
         starts_short = first & ~bounds.boxed
-    inv_norm = 1.0 / jnp.where(d_squared > 0, safe_sqrt(d_squared), 1.0)
+    inv_norm = safe_divide(1.0, safe_sqrt(d_squared))  # 1 where d = 0
     stp = jnp.where(starts_short, jnp.minimum(inv_norm, stpmax), 1.0)
     return d, gd0, more_thuente_start(f, gd0, stp, stpmax)
 
