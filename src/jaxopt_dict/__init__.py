@@ -2,6 +2,7 @@
 
 from jaxopt_dict import dict_minimize, methods  # noqa: F401  (jd.dict_minimize, jd.methods)
 from jaxopt_dict._batch import minimize_batch
+from jaxopt_dict._least_squares import least_squares, least_squares_batch
 from jaxopt_dict._method import Box, Evaluation, Method, StepOutcome, Stepper
 from jaxopt_dict._minimize import minimize, option_specs
 from jaxopt_dict._options import Option
@@ -21,6 +22,8 @@ __all__ = [
     "StepOutcome",
     "Stepper",
     "Trace",
+    "least_squares",
+    "least_squares_batch",
     "method_names",
     "methods_with_bounds",
     "minimize",

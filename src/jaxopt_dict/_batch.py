@@ -183,6 +183,7 @@ _solve_queue = jax.jit(
         lambda key: key[0].objective.value_and_grad,
         args_axes_of=lambda key: key[2],
         aux_of=lambda key: key[0].objective.aux,
+        active_of=lambda key: getattr(key[0].objective, "active_masks", None),
     ),
     static_argnums=0,
 )

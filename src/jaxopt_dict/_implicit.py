@@ -77,6 +77,7 @@ def implicit_tangent(
     box: Box | None,
     dbox: Box | None,
     cg_maxiter: int | None = None,
+    masks: tuple[PyTree, PyTree] | None = None,
 ) -> tuple[PyTree, jax.Array, PyTree]:
     """Tangents ``(dx, df, dg)`` of the solution, its value and gradient.
 
@@ -86,12 +87,15 @@ def implicit_tangent(
       args, dargs: the arguments and their tangents.
       box, dbox: the bounds and their tangents (``None`` without bounds).
       cg_maxiter: conjugate-gradient iterations (default: 10 * problem size).
+      masks: where x is held by its lower and upper bound (default: ``active_masks``,
+        x exactly on the bound).
     """
 
     def grad_x(x_, args_):
         return value_and_grad(x_, args_)[1]
 
-    masks = active_masks(x, box)
+    if masks is None:
+        masks = active_masks(x, box)
     if masks is None:
         free = jax.tree.map(lambda v: jnp.ones_like(v), x)
         dx_active = jax.tree.map(jnp.zeros_like, x)
@@ -150,6 +154,7 @@ def with_implicit_diff(
     objective_of: Callable,
     args_axes_of: Callable | None = None,
     aux_of: Callable | None = None,
+    active_of: Callable | None = None,
 ) -> Callable:
     """Wrap ``solve(static, x0, args, dynamic, box) -> OptimizeResult`` in a custom JVP.
 
@@ -161,6 +166,9 @@ def with_implicit_diff(
     for an arg shared by all problems, whose derivative then sums over them); the box is
     shared. ``aux_of(static)`` is the ``aux(x, args)`` function whose value the result
     carries as ``res.aux`` (``has_aux=True``): its tangent follows from dx and dargs.
+    ``active_of(static)`` returns ``None`` (x on a bound exactly is held by it) or
+    ``(x, box, dynamic) -> (at_lower, at_upper)``, for solvers whose iterates stay strictly
+    inside the box (least squares' "trf").
     """
 
     solve_diff = jax.custom_jvp(solve, nondiff_argnums=(0,))
@@ -174,11 +182,13 @@ def with_implicit_diff(
         # rule, instead of a derivative of the loop's iterations (silently wrong for
         # L-BFGS, refused in reverse mode for every method).
         res = solve_diff(static, x0, args, dynamic, box)
+        masks_of = None if active_of is None else active_of(static)
+        masks = None if masks_of is None or box is None else masks_of(res.x, box, dynamic)
         tangent_of = functools.partial(implicit_tangent, objective_of(static))
         if args_axes_of is not None:
             axes = args_axes_of(static)
-            tangent_of = jax.vmap(tangent_of, in_axes=(0, axes, axes, None, None))
-        dx, df, dg = tangent_of(res.x, args, dargs, box, dbox)
+            tangent_of = jax.vmap(tangent_of, in_axes=(0, axes, axes, None, None, None, 0))
+        dx, df, dg = tangent_of(res.x, args, dargs, box, dbox, None, masks)
         tangent = jax.tree.map(_zero_tangent, res)
         tangent = tangent._replace(x=dx, fun=df.astype(res.fun.dtype), jac=dg)
         if res.aux is not None:

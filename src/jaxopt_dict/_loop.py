@@ -187,12 +187,12 @@ class _HostReport:
                         f"  |pg|_inf = {float(pg_norm[i]):.3e}"
                         f"  |step|_inf = {float(step_norm[i]):.3e}  nfev = {int(nfev[i])}"
                     )
-                if xg is not None:  # a callback: x and g came to the host
+                if xg is not None:  # a callback: x, g (and fun's aux) came to the host
                     # The problem's own values, as arrays of their own (the callback may
                     # keep them).
                     own = functools.partial(_own_entry, i)
-                    x, g, *scalars = jax.tree.map(own, (*xg, f, nit, nfev))
-                    stop[i] = self._call_back(token, x, g, *scalars)
+                    x, g, aux, *scalars = jax.tree.map(own, (*xg, f, nit, nfev))
+                    stop[i] = self._call_back(token, x, g, aux, *scalars)
                     if stop[i] and end[i] == RUNNING:
                         end[i] = Status.CALLBACK_STOP
             if config.disp and end[i] != RUNNING:
@@ -202,7 +202,7 @@ class _HostReport:
             self._progress(bar, batch_shape, running, first, accepted, end, f, nit, pg_norm)
         return stop.reshape(batch_shape)
 
-    def _call_back(self, token, x, g, f, nit, nfev) -> int:
+    def _call_back(self, token, x, g, aux, f, nit, nfev) -> int:
         """The user's callback on one problem's iterate; 1 if the problem must stop."""
         assert self.config.callback is not None
         intermediate = OptimizeResult(
@@ -214,6 +214,7 @@ class _HostReport:
             njev=nfev,
             status=np.asarray(RUNNING, np.int32),
             success=np.asarray(False),
+            aux=aux,
         )
         try:
             self.config.callback(intermediate)
@@ -379,16 +380,23 @@ def advance(
     if stepper.uses_ftol:
         reduction_small = reduction_too_small(c.f, ev.f, opts["ftol"])
     small_gradient = jnp.where(take, promoted(jnp.less_equal, pg_norm, gtol), c.small_gradient)
-    if stepper.has_memory:
+    if stepper.own_stopping:
+        # The method's own rules decide (``Stepper.own_stopping``), x0's trip included.
+        assert stepper.step_starts and outcome.stop is not None
+        converged = reduction_small = jnp.asarray(False)
+        moved = jnp.asarray(jnp.inf, moved.dtype)  # no xtol of the driver's
+    elif stepper.has_memory:
         # Two consecutive small gradients, except at x0, where the method is still at rest
         # (no velocity yet): x0 satisfying gtol ends the solve with nit = 0, as for the others.
         converged = ((accepted & c.small_gradient) | first) & small_gradient
     else:
         converged = take & small_gradient
     ends_nonfinite = ~finite if not stepper.rejects_nonfinite else ~finite & first
+    method_stop = jnp.asarray(RUNNING if outcome.stop is None else outcome.stop, jnp.int32)
     status = jnp.select(
         [
             ends_nonfinite,
+            method_stop != RUNNING,
             converged,
             accepted & reduction_small,
             accepted & promoted(jnp.less_equal, moved, xtol),
@@ -399,6 +407,7 @@ def advance(
         ],
         [
             Status.NONFINITE,
+            method_stop,
             Status.CONVERGED,
             Status.FTOL,
             Status.XTOL,
@@ -425,10 +434,10 @@ def advance(
         # A pure callback: its result is used, so it always runs, and (unlike io_callback)
         # it is allowed in a vmapped while_loop. Under vmap it runs once per trip for the
         # whole batch ("broadcast_all": every argument gets the batch's dimensions), so
-        # the host can label each problem's lines (``_HostReport``). x and g travel to the
-        # host only for a callback.
+        # the host can label each problem's lines (``_HostReport``). x, g and fun's aux
+        # travel to the host only for a callback.
         values = (f, f0, nit, nfev, pg_norm, step_norm)
-        xg = (x, g) if config.callback is not None else None
+        xg = (x, g, aux) if config.callback is not None else None
         stop = jax.pure_callback(
             _HostReport(config),
             jax.ShapeDtypeStruct((), jnp.int32),

@@ -82,11 +82,15 @@ class StepOutcome(NamedTuple):
         box cut off (projected methods without a line search). ``xtol`` judges the
         larger of it and the change in x: x held still by a bound while the method pushes
         on (Adam's velocity turning around) has not stopped. ``None``: nothing was cut.
+      stop: for a stepper with ``own_stopping``: the ``Status`` its own stopping rules
+        reached on this trip (CONVERGED, FTOL, XTOL), or ``RUNNING`` (-1) to go on; read
+        on the first trip too (x0 may already satisfy them). ``None`` otherwise.
     """
 
     accepted: jax.Array | bool
     failed: jax.Array | bool = False
     blocked_norm: jax.Array | None = None
+    stop: jax.Array | None = None
 
 
 class Stepper(NamedTuple):
@@ -116,6 +120,11 @@ class Stepper(NamedTuple):
         asks for another point; the solve ends with ``Status.NONFINITE`` only if the
         step then reports ``failed``. Otherwise (methods without a line search) the
         first non-finite evaluation after x0 ends the solve with ``NONFINITE``.
+      own_stopping: the method applies its own convergence rules (the least-squares
+        methods: scipy's ``ftol``/``xtol``/``gtol`` of ``least_squares``) and reports
+        them in ``StepOutcome.stop``; the driver's gtol/ftol/xtol rules are off, while
+        NONFINITE, a failed search, ``maxiter`` and ``maxfun`` still apply. Requires
+        ``step_starts``.
     """
 
     init: Callable[[Evaluation, Box | None], tuple[State, PyTree]]
@@ -124,6 +133,7 @@ class Stepper(NamedTuple):
     has_memory: bool = False
     step_starts: bool = False
     rejects_nonfinite: bool = False
+    own_stopping: bool = False
 
 
 class Method(NamedTuple):

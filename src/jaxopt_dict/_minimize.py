@@ -81,6 +81,7 @@ _solve_implicit = jax.jit(
         _solve_impl,
         lambda static: static.objective.value_and_grad,
         aux_of=lambda static: static.objective.aux,
+        active_of=lambda static: getattr(static.objective, "active_masks", None),
     ),
     static_argnums=0,
 )
@@ -128,7 +129,9 @@ class SolveStatic(NamedTuple):
     """Everything that keys the compiled program (hashable)."""
 
     method: Method
-    objective: Objective
+    # An ``Objective``, or what offers its interface (``evaluate``, ``value_and_grad``,
+    # ``aux``): PG's (``Method.prepare``), least squares' (``_least_squares``).
+    objective: Objective | Any
     options: tuple[tuple[str, Any], ...]
     callback: Callable[[OptimizeResult], Any] | None
 
@@ -303,7 +306,15 @@ def minimize(
     static, x0, args, dynamic, box = prepare_solve(
         fun, x0, args, method, jac, bounds, tol, options, callback, has_aux
     )
-    if callback is None:
+    return solve_reporting_errors(static, x0, args, dynamic, box)
+
+
+def solve_reporting_errors(
+    static: SolveStatic, x0: PyTree, args: tuple, dynamic: dict, box: Box | None
+) -> OptimizeResult:
+    """The compiled solve; an exception the callback raised reaches the caller as itself
+    where the program runs now (outside a user's jit)."""
+    if static.callback is None:
         return _solve(static, x0, args, dynamic, box)
     # Outside a user's jit the program runs now, so an exception the callback raises can
     # reach the caller as itself: the callback keeps it and stops the solve (``_loop``).

@@ -100,6 +100,11 @@ class OptimizeResult(NamedTuple):
       trace: a ``Trace`` when ``options["trace"]`` is true, else ``None``.
       aux: with ``has_aux=True``, what ``fun`` returned beside its value, at ``x``;
         else ``None``.
+      cost, grad, optimality, active_mask: ``least_squares``'s fields (scipy's): the
+        cost ``0.5 * sum(loss(r**2))``, its gradient (x's structure), the first-order
+        optimality measure, and where x sits on a bound (-1 / 0 / +1, x's structure).
+        There ``fun`` is the residuals (fun's structure) and ``jac`` the Jacobian;
+        ``None`` for ``minimize``.
     """
 
     x: PyTree
@@ -112,6 +117,10 @@ class OptimizeResult(NamedTuple):
     success: jax.Array | np.ndarray
     trace: Trace | None = None
     aux: Any = None
+    cost: Any = None
+    grad: Any = None
+    optimality: Any = None
+    active_mask: Any = None
 
     @property
     def message(self) -> str | np.ndarray:
@@ -136,7 +145,10 @@ class OptimizeResult(NamedTuple):
 
 
 # scipy's order for the keys it has; other fields follow in their own order.
-_ORDER = ("message", "success", "status", "fun", "x", "nit", "jac", "nfev", "njev")
+_ORDER = (
+    "message", "success", "status", "fun", "x", "cost", "nit", "jac", "grad", "optimality",
+    "active_mask", "nfev", "njev",
+)  # fmt: skip
 
 
 def _format_result(res: OptimizeResult) -> str:

@@ -1,0 +1,622 @@
+"""``least_squares``: scipy's other front door, on the same one-flat-loop driver.
+
+The residuals and their Jacobian are one evaluation (``jax.jacfwd`` when n <= m, else
+``jax.jacrev``, or the user's ``jac``); the robust loss turns them into the cost, its
+gradient and the scaled residuals and Jacobian of scipy's
+``scale_for_robust_loss_function`` (Triggs et al., "Bundle adjustment: a modern
+synthesis", 2000, sec. 4.3); a method (``lsq_methods``) steps on those. The driver
+(``_loop``) owns what it owns for ``minimize``: one evaluation per trip, maxfun,
+NONFINITE, callback/disp/trace, and implicit differentiation of the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.core
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxopt_dict._method import Box, Evaluation
+from jaxopt_dict._minimize import SolveStatic, solve_reporting_errors
+from jaxopt_dict._options import Option, resolve_options, split_static
+from jaxopt_dict._problem import (
+    Objective,
+    canonicalize_bounds,
+    canonicalize_x0,
+    make_objective,
+)
+from jaxopt_dict._progress import require_tqdm
+from jaxopt_dict._result import OptimizeResult
+from jaxopt_dict._tree import ravel
+from jaxopt_dict.lsq_methods import LSQ_METHODS, resolve_lsq_method
+from jaxopt_dict.lsq_methods._common import (
+    cl_scaling,
+    find_active_constraints,
+    make_strictly_feasible,
+)
+
+PyTree = Any
+
+LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
+
+
+def loss_rho(loss: str | Callable, z: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """scipy's robust losses: rho(z) and its first two derivatives at ``z = (r/f_scale)^2``.
+
+    Branches that ``where`` discards are kept finite (their derivatives too), so the cost
+    differentiates cleanly at z = 0 (implicit differentiation takes its Hessian).
+    """
+    one = jnp.ones_like(z)
+    if callable(loss):
+        rho = jnp.asarray(loss(z))
+        return rho[0], rho[1], rho[2]
+    if loss == "linear":
+        return z, one, jnp.zeros_like(z)
+    if loss == "huber":
+        small = z <= 1
+        zb = jnp.where(small, one, z)
+        return (
+            jnp.where(small, z, 2 * jnp.sqrt(zb) - 1),
+            jnp.where(small, one, zb**-0.5),
+            jnp.where(small, 0.0, -0.5 * zb**-1.5),
+        )
+    t = 1 + z
+    if loss == "soft_l1":
+        return 2 * (jnp.sqrt(t) - 1), t**-0.5, -0.5 * t**-1.5
+    if loss == "cauchy":
+        return jnp.log1p(z), 1 / t, -1 / t**2
+    if loss == "arctan":
+        t = 1 + z**2
+        return jnp.arctan(z), 1 / t, -2 * z / t**2
+    raise ValueError(f"unknown loss {loss!r}")  # the front door checked it
+
+
+class LsqParts(NamedTuple):
+    """One evaluation of a least-squares problem, on flat coordinates."""
+
+    residuals: PyTree  # fun's output
+    cost: jax.Array  # 0.5 * sum(rho(r^2)) (with f_scale)
+    f: jax.Array  # residuals scaled for the loss (r itself for "linear")
+    J: jax.Array  # their Jacobian, m x n (scaled rows for a robust loss)
+
+
+class LsqObjective(NamedTuple):
+    """The least-squares problem as the driver sees it (hashable: it keys the jit cache).
+
+    ``args`` are ``(f_scale, *the objective's args)``: f_scale is data, so a new value
+    does not recompile (and it is differentiable, as args are).
+    """
+
+    residuals: Objective  # the user's fun (and jac) returning residuals
+    loss: Any = "linear"
+    jacobian: str = "fwd"  # "fwd" / "rev" (JAX), "user" (the user's jac)
+
+    def _bind(self, args: tuple):
+        f_scale, rest = args[0], args[1:]
+        fun, jac, user_args = self.residuals.bind(rest)
+        return fun, jac, user_args, f_scale
+
+    def parts(self, x: PyTree, args: tuple) -> LsqParts:
+        """Residuals, cost, and the loss-scaled residuals and Jacobian at x."""
+        fun, jac, user_args, f_scale = self._bind(args)
+        flat, unravel = ravel(x)
+
+        def flat_residuals(z):
+            r = fun(unravel(z), *user_args)
+            return ravel(r)[0], r
+
+        if self.jacobian == "user":
+            r = fun(x, *user_args)
+            J = jacobian_matrix(jac(x, *user_args), r, x)
+        else:
+            jacobian = jax.jacfwd if self.jacobian == "fwd" else jax.jacrev
+            J, r = jacobian(flat_residuals, has_aux=True)(flat)
+        r_flat = ravel(r)[0]
+        dtype = jnp.promote_types(flat.dtype, r_flat.dtype)
+        r_flat, J = r_flat.astype(dtype), J.astype(dtype)
+        if isinstance(self.loss, str) and self.loss == "linear":
+            return LsqParts(r, 0.5 * (r_flat @ r_flat), r_flat, J)
+        f_scale = jnp.asarray(f_scale, dtype)
+        rho0, rho1, rho2 = loss_rho(self.loss, (r_flat / f_scale) ** 2)
+        cost = 0.5 * f_scale**2 * jnp.sum(rho0)
+        rho2 = rho2 / f_scale**2
+        eps = jnp.finfo(dtype).eps
+        J_scale = jnp.sqrt(jnp.maximum(rho1 + 2 * rho2 * r_flat**2, eps))
+        return LsqParts(r, cost.astype(dtype), r_flat * rho1 / J_scale, J * J_scale[:, None])
+
+    def evaluate(self, x: PyTree, args: tuple, hessian: bool = False) -> Evaluation:
+        del hessian  # the methods use J (Gauss-Newton's J^T J), never the Hessian
+        p = self.parts(x, args)
+        g = optax.tree.cast_like(ravel(x)[1](p.J.T @ p.f), x)
+        return Evaluation(x, p.cost, g, aux=(p.J, p.f), fun_aux=(p.residuals, p.J))
+
+    def value_and_grad(self, x: PyTree, args: tuple) -> tuple[jax.Array, PyTree]:
+        """The cost and its gradient (what implicit differentiation differentiates)."""
+        if self.jacobian == "user":
+            p = self.parts(x, args)
+            return p.cost, optax.tree.cast_like(ravel(x)[1](p.J.T @ p.f), x)
+        cost, g = jax.value_and_grad(lambda x_: self.parts_cost(x_, args))(x)
+        return cost, optax.tree.cast_like(g, x)
+
+    def parts_cost(self, x: PyTree, args: tuple) -> jax.Array:
+        """The cost alone (no Jacobian): ``0.5 * sum(rho((r / f_scale)^2)) * f_scale^2``."""
+        fun, _, user_args, f_scale = self._bind(args)
+        r = ravel(fun(x, *user_args))[0]
+        if isinstance(self.loss, str) and self.loss == "linear":
+            return 0.5 * (r @ r)
+        f_scale = jnp.asarray(f_scale, r.dtype)
+        return 0.5 * f_scale**2 * jnp.sum(loss_rho(self.loss, (r / f_scale) ** 2)[0])
+
+    def aux(self, x: PyTree, args: tuple) -> tuple[PyTree, jax.Array]:
+        """The residuals and the (loss-scaled) Jacobian at x: ``res.fun`` and ``res.jac``."""
+        p = self.parts(x, args)
+        return p.residuals, p.J
+
+    def shapes(self, x0: PyTree, args: tuple) -> tuple[int, int]:
+        """``(m, n)``, after checking what ``fun`` (and ``jac``) return, abstractly.
+
+        Raises:
+          TypeError: ``fun``/``jac`` not callable, residuals that are not a pytree of real
+            float arrays, or a ``jac`` of the wrong shape.
+        """
+        fun = self._bind(args)[0]
+        if not callable(fun):
+            raise TypeError(f"fun must be callable, got {type(fun).__name__}.")
+        abstract = lambda t: jax.tree.map(
+            lambda v: jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)), t
+        )
+        x_abs, args_abs = abstract(x0), abstract(args)
+        out = jax.eval_shape(lambda x, a: self._bind(a)[0](x, *self._bind(a)[2]), x_abs, args_abs)
+        leaves = jax.tree.leaves(out)
+        if not leaves or not all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
+            raise TypeError(
+                "fun must return the residuals: an array or a pytree of float arrays, got "
+                f"{jax.tree.structure(out)}."
+            )
+        for leaf in leaves:
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise TypeError(f"fun must return real float residuals, got dtype {leaf.dtype}.")
+        m = sum(int(np.prod(leaf.shape)) for leaf in leaves)
+        n = sum(int(np.prod(jnp.shape(v))) for v in jax.tree.leaves(x0))
+        if m == 0:
+            raise TypeError("fun returned no residuals (m = 0).")
+        if self.jacobian == "user":
+            J = jax.eval_shape(
+                lambda x, a: jacobian_matrix(
+                    self._bind(a)[1](x, *self._bind(a)[2]),
+                    self._bind(a)[0](x, *self._bind(a)[2]),
+                    x,
+                ),
+                x_abs,
+                args_abs,
+            )
+            if J.shape != (m, n):
+                raise TypeError(f"jac must give an {m} x {n} Jacobian, got shape {J.shape}.")
+        return m, n
+
+    def active_masks(self, x: PyTree, box: Box, dynamic: Mapping[str, Any]):
+        """Where x is held by a bound, as ``res.active_mask`` says (within ``xtol``)."""
+        active = active_mask(x, box, dynamic["xtol"])
+        return jax.tree.map(lambda a: a == -1, active), jax.tree.map(lambda a: a == 1, active)
+
+
+def jacobian_matrix(jac: Any, residuals: PyTree, x: PyTree) -> jax.Array:
+    """A user's Jacobian as an m x n matrix on flattened coordinates: given as that matrix
+    already, or as ``jax.jacobian`` gives it (for each residual leaf, a pytree of x's
+    structure whose leaves have shape ``r_leaf.shape + x_leaf.shape``)."""
+    r_leaves, r_def = jax.tree.flatten(residuals)
+    x_leaves, x_def = jax.tree.flatten(x)
+    m = sum(int(np.prod(jnp.shape(r))) for r in r_leaves)
+    n = sum(int(np.prod(jnp.shape(v))) for v in x_leaves)
+    if not isinstance(jac, (list, tuple, dict)) and jnp.shape(jac) == (m, n):
+        return jnp.asarray(jac)
+    try:
+        rows = []
+        for r, sub in zip(r_leaves, r_def.flatten_up_to(jac)):
+            blocks = x_def.flatten_up_to(sub)
+            rows.append(
+                jnp.concatenate(
+                    [
+                        jnp.reshape(b, (int(np.prod(jnp.shape(r))), int(np.prod(jnp.shape(v)))))
+                        for b, v in zip(blocks, x_leaves)
+                    ],
+                    axis=1,
+                )
+            )
+    except (ValueError, TypeError) as err:
+        raise TypeError(
+            f"jac must return an {m} x {n} matrix (flattened coordinates) or the pytree "
+            f"jax.jacobian gives (residuals' structure over x's): {err}"
+        ) from err
+    return jnp.concatenate(rows, axis=0)
+
+
+def active_mask(x: PyTree, box: Box | None, rtol) -> PyTree:
+    """-1 / 0 / +1 per coordinate of x (x's structure): on its lower bound, free, on its
+    upper bound, within ``rtol * max(1, |bound|)`` (scipy's ``find_active_constraints``)."""
+    if box is None:
+        return jax.tree.map(lambda v: jnp.zeros(jnp.shape(v), jnp.int32), x)
+    return jax.tree.map(
+        lambda v, lo, hi: find_active_constraints(v, lo, hi, jnp.asarray(rtol, v.dtype)),
+        x,
+        box.lower,
+        box.upper,
+    )
+
+
+class _LsqCallback(NamedTuple):
+    """The user's callback, given scipy's least-squares intermediate result: ``fun`` the
+    residuals, ``cost``, ``jac`` the Jacobian, ``grad``. Hashable as the callback is."""
+
+    callback: Callable[[OptimizeResult], Any]
+
+    def __call__(self, intermediate: OptimizeResult) -> Any:
+        residuals, J = intermediate.aux
+        return self.callback(
+            intermediate._replace(
+                fun=residuals, jac=J, cost=intermediate.fun, grad=intermediate.jac, aux=None
+            )
+        )
+
+
+def _lsq_options(method_options: tuple[Option, ...]) -> tuple[Option, ...]:
+    return method_options + (
+        Option("ftol", 1e-8, float, low=0.0, allow_none=True),
+        Option("xtol", 1e-8, float, low=0.0, allow_none=True),
+        Option("gtol", 1e-8, float, low=0.0, allow_none=True),
+        Option("max_nfev", None, int, low=1, allow_none=True),
+        Option("maxiter", None, int, static=True, low=0, allow_none=True),
+        Option("disp", False, bool, static=True),
+        Option("progress", False, bool, static=True),
+        Option("trace", False, bool, static=True),
+    )
+
+
+_SCIPY_KEYWORDS = ("ftol", "xtol", "gtol", "max_nfev")
+_UNBOUNDED_ITERATIONS = 2**31 - 2  # maxiter when not set: max_nfev decides
+
+
+def _x_scale_vector(x_scale: Any, x0: PyTree, n: int) -> jax.Array:
+    """``x_scale`` (a scalar, an array over flattened coordinates, or a pytree like x0)
+    as a positive vector of length n.
+
+    Raises:
+      ValueError: a shape that fits neither, or a value that is not positive and finite.
+    """
+    flat_dtype = ravel(x0)[0].dtype
+    leaves = jax.tree.leaves(x0)
+    if not isinstance(x_scale, (int, float, np.ndarray, jax.Array, list)):  # a pytree
+        if jax.tree.structure(x_scale) != jax.tree.structure(x0):
+            raise ValueError(
+                f"x_scale has structure {jax.tree.structure(x_scale)}, x0 has "
+                f"{jax.tree.structure(x0)}: give 'jac', a scalar, an array over the "
+                "flattened coordinates, or a pytree with x0's structure."
+            )
+        scale = ravel(jax.tree.map(lambda s, v: jnp.broadcast_to(s, jnp.shape(v)), x_scale, x0))[0]
+    else:
+        scale = jnp.asarray(x_scale, flat_dtype)
+        if scale.ndim == 0:
+            scale = jnp.full((n,), scale)
+        if len(leaves) == 1 and scale.shape == jnp.shape(leaves[0]):
+            scale = scale.ravel()  # x0 a single array: x_scale of its shape
+        if scale.shape != (n,):
+            raise ValueError(
+                f"x_scale has shape {scale.shape}: give 'jac', a scalar, an array of x0's "
+                f"flattened size ({n},), or a pytree with x0's structure."
+            )
+    scale = scale.astype(flat_dtype)
+    if not isinstance(scale, jax.core.Tracer):
+        values = np.asarray(scale)
+        if not (np.all(np.isfinite(values)) and np.all(values > 0)):
+            raise ValueError("x_scale must be positive and finite (or 'jac').")
+    return scale
+
+
+def least_squares(
+    fun: Callable[..., PyTree],
+    x0: PyTree,
+    *,
+    args: tuple = (),
+    method: str = "trf",
+    jac: Callable[..., Any] | None = None,
+    bounds: Any = None,
+    loss: str | Callable = "linear",
+    f_scale: float | jax.Array = 1.0,
+    x_scale: Any = None,
+    tol: float | None = None,
+    options: Mapping[str, Any] | None = None,
+    callback: Callable[[OptimizeResult], Any] | None = None,
+    ftol: float | None = None,
+    xtol: float | None = None,
+    gtol: float | None = None,
+    max_nfev: int | None = None,
+) -> OptimizeResult:
+    """Solve a nonlinear least-squares problem, scipy-style, in one compiled loop:
+    minimize ``0.5 * sum(loss(r_i(x)**2))`` over a pytree x, optionally in a box.
+
+    Args:
+      fun: ``fun(x, *args)`` returns the residuals: an array or any pytree of float
+        arrays (m residuals in all). JAX-traceable; any callable (as ``minimize``).
+      x0: a pytree of floating arrays; ``res.x`` has its structure and dtypes.
+      args: a tuple of pytrees passed to ``fun`` (and ``jac``); may be traced, and
+        ``res.x`` is differentiable with respect to them (implicitly, at the solution).
+      method: ``"trf"`` (trust-region reflective, takes bounds; scipy's default),
+        ``"lm"`` (Levenberg-Marquardt as MINPACK's lmder; no bounds, m >= n, linear loss)
+        or ``"gauss-newton"`` (with a backtracking line search; no bounds).
+      jac: ``None`` (JAX's: ``jax.jacfwd`` when n <= m, else ``jax.jacrev``), or
+        ``jac(x, *args)`` giving an m x n matrix on flattened coordinates or the pytree
+        ``jax.jacobian`` gives.
+      bounds: as ``minimize`` (``(lower, upper)``, scipy's ``Bounds`` or pairs); "trf"
+        only. No point outside the box is evaluated (trf's iterates stay inside it).
+      loss: ``"linear"``, ``"soft_l1"``, ``"huber"``, ``"cauchy"``, ``"arctan"`` (scipy's),
+        or a callable ``loss(z)`` returning ``rho(z)`` and its two derivatives stacked.
+      f_scale: the residuals' soft margin for a robust loss (data: may be traced).
+      x_scale: ``None`` (1 for trf and gauss-newton, ``"jac"`` for lm, as scipy >= 1.16),
+        ``"jac"`` (the Jacobian's column norms, updated), a scalar, an array over the
+        flattened coordinates, or a pytree like x0.
+      tol: sets ``ftol``, ``xtol`` and ``gtol`` unless given.
+      options: ``ftol``, ``xtol``, ``gtol`` (scipy's tests, default 1e-8; None turns one
+        off), ``max_nfev`` (default 100 n), ``maxiter`` (accepted steps; default: no
+        limit but max_nfev), ``disp``, ``progress``, ``trace``; ``maxls`` for
+        gauss-newton (default 20).
+      callback: ``callback(intermediate_result)`` after every iteration, on the host,
+        with ``x``, ``fun`` (the residuals), ``cost``, ``jac``, ``grad``, ``nit`` and
+        ``nfev``; ``StopIteration`` stops the solve (``Status.CALLBACK_STOP``).
+      ftol, xtol, gtol, max_nfev: scipy's keywords, the same as the options.
+
+    Returns:
+      An ``OptimizeResult`` with scipy's least-squares fields: ``x``, ``cost``, ``fun``
+      (residuals, fun's structure), ``jac`` (m x n), ``grad`` (x's structure),
+      ``optimality`` (the scaled gradient's inf-norm), ``active_mask`` (x's structure),
+      ``nit`` (accepted steps), ``nfev`` (evaluations of the residuals and the
+      Jacobian, together: ``njev == nfev``), ``status`` (``jd.Status``: scipy's gtol ->
+      CONVERGED, ftol -> FTOL, xtol -> XTOL, max_nfev -> MAX_ITER), ``success``.
+
+    Raises:
+      TypeError: wrong kinds of input (as ``minimize``; residuals that are not float
+        arrays; a jac of the wrong shape; an unknown option).
+      ValueError: wrong values (an unknown method or loss, bounds for "lm" or
+        "gauss-newton", lower >= upper, "lm" with fewer residuals than variables or a
+        robust loss, non-positive f_scale or x_scale).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxopt_dict as jd
+      >>> t = jnp.linspace(0.0, 1.0, 20)
+      >>> y = 2.0 * jnp.exp(-1.5 * t)
+      >>> res = jd.least_squares(lambda p: p["a"] * jnp.exp(-p["k"] * t) - y,
+      ...                        {"a": jnp.asarray(1.0), "k": jnp.asarray(1.0)})
+      >>> bool(res.success), round(float(res.x["a"]), 6), round(float(res.x["k"]), 6)
+      (True, 2.0, 1.5)
+    """
+    static, x0, args, dynamic, box = prepare_least_squares(
+        fun, x0, args, method, jac, bounds, loss, f_scale, x_scale, tol, options, callback,
+        {"ftol": ftol, "xtol": xtol, "gtol": gtol, "max_nfev": max_nfev},
+    )  # fmt: skip
+    res = solve_reporting_errors(static, x0, args, dynamic, box)
+    return least_squares_result(res, box, dynamic)
+
+
+def prepare_least_squares(
+    fun, x0, args, method, jac, bounds, loss, f_scale, x_scale, tol, options, callback, keywords
+) -> tuple[SolveStatic, PyTree, tuple, dict, Box | None]:
+    """Validate and canonicalize ``least_squares``' inputs before anything is traced:
+    ``(static, x0, args, dynamic, box)`` for the driver (``_minimize._solve``)."""
+    method_rec = resolve_lsq_method(method)
+    x0 = canonicalize_x0(x0)
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable.")
+    if jac is False:
+        jac = None
+    if jac is True or not (jac is None or callable(jac)):
+        raise TypeError(
+            "jac must be None (JAX's Jacobian) or a callable jac(x, *args) returning the "
+            f"Jacobian; got {jac!r}."
+        )
+    if not (callable(loss) or loss in LOSSES):
+        raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))} or a callable; "
+                         f"got {loss!r}.")  # fmt: skip
+    if method_rec.name == "lm" and loss != "linear":
+        raise ValueError("method 'lm' supports only loss='linear' (as scipy's).")
+    if isinstance(f_scale, (bool, np.bool_)) or np.ndim(f_scale) != 0:
+        raise ValueError(f"f_scale must be a positive scalar, got {f_scale!r}.")
+    if not isinstance(f_scale, jax.core.Tracer) and not float(f_scale) > 0:
+        raise ValueError(f"f_scale must be positive, got {f_scale!r}.")
+    box = canonicalize_bounds(bounds, x0)
+    if box is not None:
+        if not method_rec.supports_bounds:
+            raise ValueError(
+                f"Method {method_rec.name!r} does not take bounds; 'trf' does (scipy's "
+                "least_squares refuses them for 'lm' too)."
+            )
+        for lo, hi in zip(jax.tree.leaves(box.lower), jax.tree.leaves(box.upper)):
+            concrete = not isinstance(lo, jax.core.Tracer) and not isinstance(hi, jax.core.Tracer)
+            if concrete and np.any(np.asarray(lo) >= np.asarray(hi)):
+                raise ValueError(
+                    "Each lower bound must be strictly less than its upper bound "
+                    "(least_squares' 'trf' keeps x strictly inside the box)."
+                )
+
+    # Options: scipy's keywords, tol, then the options dict (one place each).
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}.")
+    options = dict(options or {})
+    for name, value in keywords.items():
+        if value is not None:
+            if name in options:
+                raise ValueError(f"{name} given both as a keyword and in options.")
+            options[name] = value
+    if tol is not None:
+        for name in ("ftol", "xtol", "gtol"):
+            options.setdefault(name, tol)
+    specs = _lsq_options(method_rec.options)
+    values = resolve_options(method_rec.name, specs, options)
+    if values["progress"]:
+        require_tqdm()
+    for name in ("ftol", "xtol", "gtol"):
+        if values[name] is None:  # scipy: None turns the test off
+            values[name] = 0.0
+
+    residuals, args = make_objective(fun, jac, False, args)
+    objective = LsqObjective(residuals, loss, "user" if jac is not None else "fwd")
+    args = (f_scale, *args)
+    m, n = objective.shapes(x0, args)
+    if jac is None and n > m:
+        objective = objective._replace(jacobian="rev")
+    if method_rec.name == "lm" and m < n:
+        raise ValueError(
+            f"method 'lm' needs at least as many residuals as variables (m = {m} < n = {n}); "
+            "use 'trf'."
+        )
+    if values["max_nfev"] is None:
+        values["max_nfev"] = 100 * n
+    values["maxfun"] = values.pop("max_nfev")
+    if values["maxiter"] is None:
+        if values["trace"]:
+            if isinstance(values["maxfun"], jax.core.Tracer):
+                raise ValueError(
+                    "options['trace'] needs options['maxiter'] (or a Python max_nfev)."
+                )
+            values["maxiter"] = int(values["maxfun"])
+        else:
+            values["maxiter"] = _UNBOUNDED_ITERATIONS
+    if values["trace"] and (values["maxiter"] + 1) * n * 8 > 2**30:
+        raise ValueError(
+            "options['trace'] would allocate more than 1 GB up front (x for iterations "
+            "0..maxiter); lower options['maxiter'], or drop trace."
+        )
+
+    if x_scale is None:
+        x_scale = "jac" if method_rec.name == "lm" else 1.0
+    scale_by_jac = isinstance(x_scale, str)
+    if scale_by_jac and x_scale != "jac":
+        raise ValueError(f"x_scale must be 'jac', a scalar, an array or a pytree; got {x_scale!r}.")
+    x_scale_vector = (
+        jnp.ones((n,), ravel(x0)[0].dtype) if scale_by_jac else _x_scale_vector(x_scale, x0, n)
+    )
+
+    x0 = strictly_inside(x0, box)
+    specs = tuple(s for s in specs if s.name != "max_nfev") + (Option("maxfun", 0, int),)
+    static_opts, dynamic = split_static(specs, values)
+    static_opts = (*static_opts, ("x_scale_jac", scale_by_jac), ("adjoint", "implicit"))
+    dynamic = {k: jnp.asarray(v) for k, v in dynamic.items()}
+    dynamic["x_scale"] = x_scale_vector
+    wrapped = None if callback is None else _LsqCallback(callback)
+    return SolveStatic(method_rec, objective, static_opts, wrapped), x0, args, dynamic, box
+
+
+def strictly_inside(x0: PyTree, box: Box | None) -> PyTree:
+    """x0 projected onto the box and moved off its bounds (by ``1e-10 * max(1, |bound|)``,
+    as scipy's ``trf`` starts); unchanged without a box."""
+    if box is None:
+        return x0
+    flat, unravel = ravel(x0)
+    lower, upper = ravel(box.lower)[0], ravel(box.upper)[0]
+    inside = make_strictly_feasible(jnp.clip(flat, lower, upper), lower, upper, 1e-10)
+    return optax.tree.cast_like(unravel(inside), x0)
+
+
+def least_squares_batch(
+    fun: Callable[..., PyTree],
+    x0: PyTree,
+    *,
+    args: tuple = (),
+    method: str = "trf",
+    jac: Callable[..., Any] | None = None,
+    bounds: Any = None,
+    loss: str | Callable = "linear",
+    f_scale: float | jax.Array = 1.0,
+    x_scale: Any = None,
+    tol: float | None = None,
+    options: Mapping[str, Any] | None = None,
+    lanes: int | None = None,
+    args_axes: int | None | tuple[int | None, ...] = 0,
+) -> OptimizeResult:
+    """Many least-squares fits at once, with continuous batching (``minimize_batch``'s
+    way): ``lanes`` problems in flight in one compiled loop, a finished lane taking the
+    next problem, so throughput follows the mean evaluation count, not the max.
+
+    Args:
+      fun, jac, method, bounds, loss, f_scale, x_scale, tol, options: as for
+        ``least_squares`` (bounds, f_scale and x_scale shared by all problems; no disp,
+        trace or callback).
+      x0: a pytree whose every leaf has a leading batch axis of the same length B.
+      args: a tuple of pytrees; batched ones (``args_axes``) have the leading axis B.
+      lanes: problems in flight at once (default ``min(B, 256)``).
+      args_axes: per arg, 0 (batched) or ``None`` (shared); one value applies to all.
+
+    Returns:
+      ``least_squares``' result with a leading batch axis B on every field; entry i equals
+      ``least_squares`` on problem i alone; differentiable in ``args`` like it.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxopt_dict as jd
+      >>> t = jnp.linspace(0.0, 1.0, 10)
+      >>> rates = jnp.array([0.5, 1.0, 2.0])
+      >>> data = jnp.exp(-rates[:, None] * t)
+      >>> res = jd.least_squares_batch(lambda k, y: jnp.exp(-k * t) - y,
+      ...                              jnp.ones((3, 1)), args=(data,), lanes=2)
+      >>> jnp.round(res.x[:, 0], 6).tolist()
+      [0.5, 1.0, 2.0]
+    """
+    # The queue is minimize_batch's (``_batch``), run with this problem's static part.
+    from jaxopt_dict._batch import _batch_size, _normalize_args_axes, _solve_queue, _take
+
+    if lanes is not None and (
+        isinstance(lanes, (bool, np.bool_)) or not isinstance(lanes, (int, np.integer))
+    ):
+        raise TypeError(f"lanes must be a positive int (or None), got {lanes!r}.")
+    if lanes is not None and lanes < 1:
+        raise ValueError(f"lanes must be a positive int (or None), got {lanes!r}.")
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
+    if options and (options.get("disp") or options.get("trace")):
+        raise ValueError(
+            "least_squares_batch does not take disp or trace; use jax.vmap(least_squares)."
+        )
+    args_axes = _normalize_args_axes(args_axes, len(args))
+    if not jax.tree.leaves(x0):
+        raise ValueError("x0 has no array leaves: there is nothing to optimize.")
+    n_problems = _batch_size(x0, args, args_axes)
+    lanes = min(n_problems, 256 if lanes is None else int(lanes))
+    one_problem = tuple(_take(a, 0) if axis == 0 else a for a, axis in zip(args, args_axes))
+    static, _, solve_args, dynamic, box = prepare_least_squares(
+        fun, _take(x0, 0), one_problem, method, jac, bounds, loss, f_scale, x_scale, tol,
+        options, None, {},
+    )  # fmt: skip
+    # f_scale and the arrays fun/jac hold lead the args; they are shared by all problems.
+    hidden = len(solve_args) - len(one_problem)
+    args, args_axes = solve_args[:hidden] + args, (None,) * hidden + args_axes
+    x0 = jax.vmap(strictly_inside, in_axes=(0, None))(canonicalize_x0(x0), box)
+    res = _solve_queue((static, lanes, args_axes), x0, args, dynamic, box)
+    return jax.vmap(least_squares_result, in_axes=(0, None, None))(res, box, dynamic)
+
+
+def least_squares_result(res: OptimizeResult, box: Box | None, dynamic: Mapping) -> OptimizeResult:
+    """The driver's result (``fun`` = cost, ``jac`` = gradient, ``aux`` = residuals and
+    Jacobian) in scipy's least-squares fields."""
+    residuals, J = res.aux
+    g = res.jac
+    if box is None:
+        optimality = jnp.max(jnp.abs(ravel(g)[0]), axis=-1)
+    else:
+        flat = lambda t: ravel(t)[0]
+        v = cl_scaling(flat(res.x), flat(g), flat(box.lower), flat(box.upper))[0]
+        optimality = jnp.max(jnp.abs(flat(g) * v))
+    return res._replace(
+        fun=residuals,
+        jac=J,
+        aux=None,
+        cost=res.fun,
+        grad=g,
+        optimality=optimality,
+        active_mask=active_mask(res.x, box, dynamic["xtol"]),
+    )
+
+
+__all__ = ["LOSSES", "LSQ_METHODS", "least_squares", "least_squares_batch"]

@@ -1,0 +1,299 @@
+"""Trust-region pieces shared by the least-squares methods, on flat vectors.
+
+The same quantities as scipy's ``scipy/optimize/_lsq/common.py`` (whose rules the methods
+reproduce, so that iterations and evaluations compare one to one), written for JAX: no
+data-dependent Python control flow, fixed-length inner iterations, ``where`` for every
+branch, so a step traces once and vmaps.
+
+References:
+  J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and theory", Lecture
+  Notes in Mathematics 630 (1978): the trust-region subproblem by a Newton iteration on
+  the secular equation (sec. 5, eq. 5.5), here on one SVD (scipy's variant).
+  M. A. Branch, T. F. Coleman, Y. Li, "A subspace, interior, and conjugate gradient
+  method for large-scale bound-constrained minimization problems", SIAM J. Sci. Comput.
+  21(1), 1999: the scaling vector v (eq. 2.2) and reflective steps of "trf".
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxopt_dict._result import RUNNING, Status
+
+
+def resolvable(tol: jax.Array, x: Any) -> jax.Array:
+    """A relative tolerance on x floored at what x's least precise leaf resolves (its
+    eps; the SPEC's float32 floor), unless it is 0 (the test turned off)."""
+    eps = max(float(jnp.finfo(jnp.result_type(leaf)).eps) for leaf in jax.tree.leaves(x))
+    return jnp.where(tol > 0, jnp.maximum(tol, eps), 0.0)
+
+
+def safe_div(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a / b`` where ``b != 0``, else 0 (a discarded branch must stay finite)."""
+    nonzero = b != 0
+    return jnp.where(nonzero, a / jnp.where(nonzero, b, 1), 0)
+
+
+class Factors(NamedTuple):
+    """One SVD of the (scaled) Jacobian, ``A = U diag(s) V^T``, and ``uf = U^T f``: all a
+    trust-region solve needs, whatever the radius (computed once per iterate)."""
+
+    uf: jax.Array
+    s: jax.Array
+    V: jax.Array
+
+
+def factorize(A: jax.Array, f: jax.Array) -> Factors:
+    U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
+    return Factors(U.T @ f, s, Vt.T)
+
+
+def full_rank(factors: Factors, m: int, n: int) -> jax.Array:
+    """scipy's rank test for the Gauss-Newton step: m >= n and the smallest singular value
+    above ``eps * m * s_max``."""
+    s = factors.s
+    if m < n:
+        return jnp.asarray(False)
+    return s[-1] > jnp.finfo(s.dtype).eps * m * s[0]
+
+
+def solve_trust_region(
+    factors: Factors, Delta: jax.Array, alpha: jax.Array, m: int, n: int, rtol: float = 0.01
+) -> tuple[jax.Array, jax.Array]:
+    """``argmin ||A p + f||`` subject to ``||p|| <= Delta``, and its Levenberg-Marquardt
+    parameter alpha (``(A^T A + alpha I) p = -A^T f``).
+
+    The Gauss-Newton step if it is inside the region (alpha = 0); otherwise at most 10
+    safeguarded Newton steps on ``phi(alpha) = ||p(alpha)|| - Delta`` (Moré 1978, eq. 5.5)
+    started from ``alpha`` (the previous solve's), until ``|phi| < rtol * Delta``.
+    """
+    uf, s, V = factors
+    suf = s * uf
+    is_full_rank = full_rank(factors, m, n)
+    p_newton = -V @ safe_div(uf, s)
+    newton_fits = is_full_rank & (jnp.linalg.norm(p_newton) <= Delta)
+
+    def phi_and_derivative(a):
+        denom = s**2 + a
+        p_norm = jnp.linalg.norm(safe_div(suf, denom))
+        phi = p_norm - Delta
+        phi_prime = -safe_div(jnp.sum(safe_div(suf**2, denom**3)), p_norm)
+        return phi, phi_prime
+
+    upper = jnp.linalg.norm(suf) / Delta
+    phi0, dphi0 = phi_and_derivative(jnp.zeros_like(Delta))
+    lower = jnp.where(is_full_rank, -safe_div(phi0, dphi0), 0.0)
+    restart = lambda lo, up: jnp.maximum(0.001 * up, jnp.sqrt(lo * up))
+    alpha = jnp.where(~is_full_rank & (alpha == 0), restart(lower, upper), alpha)
+
+    def body(_, carry):
+        a, lo, up, done = carry
+        a_in = jnp.where((a < lo) | (a > up), restart(lo, up), a)
+        phi, dphi = phi_and_derivative(a_in)
+        up_new = jnp.where(phi < 0, a_in, up)
+        ratio = safe_div(phi, dphi)
+        lo_new = jnp.maximum(lo, a_in - ratio)
+        a_new = a_in - (phi + Delta) * ratio / Delta
+        keep = lambda old, new: jnp.where(done, old, new)
+        return (
+            keep(a, a_new),
+            keep(lo, lo_new),
+            keep(up, up_new),
+            done | (jnp.abs(phi) < rtol * Delta),
+        )
+
+    alpha, *_ = jax.lax.fori_loop(0, 10, body, (alpha, lower, upper, jnp.asarray(False)))
+    p = -V @ safe_div(suf, s**2 + alpha)
+    p = p * safe_div(Delta, jnp.linalg.norm(p))
+    return (
+        jnp.where(newton_fits, p_newton, p),
+        jnp.where(newton_fits, jnp.zeros_like(alpha), alpha),
+    )
+
+
+def evaluate_quadratic(J, g, s, diag=None) -> jax.Array:
+    """``0.5 s^T (J^T J + diag(diag)) s + g^T s``: the model's change along step s."""
+    Js = J @ s
+    q = Js @ Js
+    if diag is not None:
+        q = q + (s * diag) @ s
+    return 0.5 * q + g @ s
+
+
+def update_tr_radius(Delta, actual_reduction, predicted_reduction, step_norm, bound_hit):
+    """The new radius and the ratio of actual to predicted reduction (scipy's rule:
+    quarter the step's norm below ratio 0.25, double the radius above 0.75 at its edge)."""
+    ratio = jnp.where(
+        predicted_reduction > 0,
+        safe_div(actual_reduction, predicted_reduction),
+        jnp.where((predicted_reduction == 0) & (actual_reduction == 0), 1.0, 0.0),
+    )
+    Delta = jnp.where(
+        ratio < 0.25, 0.25 * step_norm, jnp.where((ratio > 0.75) & bound_hit, 2.0 * Delta, Delta)
+    )
+    return Delta, ratio
+
+
+def check_termination(dF, F, dx_norm, x_norm, ratio, ftol, xtol) -> jax.Array:
+    """scipy's ``ftol`` (``dF < ftol * F`` on a trusted model, ratio > 0.25) and ``xtol``
+    (``||dx|| < xtol * (xtol + ||x||)``) tests as a status (FTOL when both hold)."""
+    ftol_met = (dF < ftol * F) & (ratio > 0.25)
+    xtol_met = dx_norm < xtol * (xtol + x_norm)
+    return jnp.where(ftol_met, Status.FTOL, jnp.where(xtol_met, Status.XTOL, RUNNING))
+
+
+def jac_scale(J: jax.Array, scale_inv_old: jax.Array | None = None) -> jax.Array:
+    """``x_scale="jac"``: the inverse scale is the Jacobian's column norms (Moré 1978,
+    sec. 6), never decreasing; a zero column at the start gets 1."""
+    norms = jnp.sqrt(jnp.sum(J**2, axis=0))
+    if scale_inv_old is None:
+        return jnp.where(norms == 0, 1.0, norms).astype(J.dtype)
+    return jnp.maximum(norms, scale_inv_old)
+
+
+# --- bounds (trust-region reflective) ---------------------------------------------------
+
+
+def cl_scaling(x, g, lower, upper) -> tuple[jax.Array, jax.Array]:
+    """Coleman-Li scaling v (Branch, Coleman & Li 1999, eq. 2.2, scipy's sign convention)
+    and its derivative dv: the distance to the bound the anti-gradient points at."""
+    to_upper = (g < 0) & jnp.isfinite(upper)
+    to_lower = (g > 0) & jnp.isfinite(lower)
+    v = jnp.where(to_lower, x - lower, jnp.where(to_upper, upper - x, 1.0))
+    dv = jnp.where(to_lower, 1.0, jnp.where(to_upper, -1.0, 0.0))
+    return v.astype(x.dtype), dv.astype(x.dtype)
+
+
+def in_bounds(x, lower, upper) -> jax.Array:
+    return jnp.all((x >= lower) & (x <= upper))
+
+
+def step_size_to_bound(x, s, lower, upper) -> tuple[jax.Array, jax.Array]:
+    """The smallest t >= 0 with x + t s on a bound, and which coordinates hit it (-1/0/+1
+    times the sign of s)."""
+    moving = s != 0
+    s_safe = jnp.where(moving, s, 1)
+    steps = jnp.where(moving, jnp.maximum((lower - x) / s_safe, (upper - x) / s_safe), jnp.inf)
+    min_step = jnp.min(steps)
+    hits = jnp.where(steps == min_step, jnp.sign(s), 0)
+    return min_step, hits
+
+
+def intersect_trust_region(x, s, Delta) -> tuple[jax.Array, jax.Array]:
+    """The roots t of ``||x + t s|| = Delta`` (x inside), negative one first."""
+    a = s @ s
+    b = x @ s
+    c = x @ x - Delta**2
+    d = jnp.sqrt(jnp.maximum(b * b - a * c, 0))
+    q = -(b + jnp.where(b >= 0, d, -d))
+    t1, t2 = safe_div(q, a), safe_div(c, q)
+    return jnp.minimum(t1, t2), jnp.maximum(t1, t2)
+
+
+def build_quadratic_1d(J, g, s, diag=None, s0=None):
+    """Coefficients (a, b, c) of the model along the line ``s0 + t s``."""
+    v = J @ s
+    a = v @ v
+    if diag is not None:
+        a = a + (s * diag) @ s
+    a = 0.5 * a
+    b = g @ s
+    if s0 is None:
+        return a, b, jnp.zeros_like(a)
+    u = J @ s0
+    b = b + u @ v
+    c = 0.5 * (u @ u) + g @ s0
+    if diag is not None:
+        b = b + (s0 * diag) @ s
+        c = c + 0.5 * (s0 * diag) @ s0
+    return a, b, c
+
+
+def minimize_quadratic_1d(a, b, lo, hi, c: Any = 0.0) -> tuple[jax.Array, jax.Array]:
+    """The minimizer of ``a t^2 + b t + c`` on [lo, hi] and its value (ends, then the
+    extremum if inside; ties go to the first, as scipy's argmin)."""
+    extremum = -0.5 * safe_div(b, a)
+    inside = (a != 0) & (lo < extremum) & (extremum < hi)
+    t = jnp.stack([lo, hi, jnp.where(inside, extremum, lo)])
+    y = t * (a * t + b) + c
+    i = jnp.argmin(y)
+    return t[i], y[i]
+
+
+def select_step(x, J_h, diag_h, g_h, p, p_h, d, Delta, lower, upper, theta):
+    """The trust-region reflective step (scipy's ``trf.select_step``): the trust-region
+    step if it stays in the box; else the best of that step cut back at the boundary
+    (times theta), its reflection off the boundary, and the scaled anti-gradient (Cauchy)
+    step. Returns ``(step, step_h, predicted_reduction)``."""
+    inside = in_bounds(x + p, lower, upper)
+    value_inside = evaluate_quadratic(J_h, g_h, p_h, diag=diag_h)
+
+    p_stride, hits = step_size_to_bound(x, p, lower, upper)
+    r_h = jnp.where(hits != 0, -p_h, p_h)
+    r = d * r_h
+    p_cut, p_h_cut = p * p_stride, p_h * p_stride
+    _, to_tr = intersect_trust_region(p_h_cut, r_h, Delta)
+    to_bound, _ = step_size_to_bound(x + p_cut, r, lower, upper)
+    r_stride = jnp.minimum(to_bound, to_tr)
+    positive = r_stride > 0
+    r_lo = jnp.where(positive, (1 - theta) * p_stride / jnp.where(positive, r_stride, 1), 0.0)
+    r_hi = jnp.where(positive, jnp.where(r_stride == to_bound, theta * to_bound, to_tr), -1.0)
+    has_reflection = r_lo <= r_hi
+    a, b, c = build_quadratic_1d(J_h, g_h, r_h, s0=p_h_cut, diag=diag_h)
+    r_t, r_value = minimize_quadratic_1d(a, b, r_lo, jnp.where(has_reflection, r_hi, r_lo), c)
+    r_h = r_h * r_t + p_h_cut
+    r = r_h * d
+    r_value = jnp.where(has_reflection, r_value, jnp.inf)
+
+    p_cut, p_h_cut = p_cut * theta, p_h_cut * theta
+    p_value = evaluate_quadratic(J_h, g_h, p_h_cut, diag=diag_h)
+
+    ag_h = -g_h
+    ag = d * ag_h
+    to_tr = Delta / jnp.linalg.norm(ag_h)
+    to_bound, _ = step_size_to_bound(x, ag, lower, upper)
+    ag_stride = jnp.where(to_bound < to_tr, theta * to_bound, to_tr)
+    a, b, _ = build_quadratic_1d(J_h, g_h, ag_h, diag=diag_h)
+    ag_stride, ag_value = minimize_quadratic_1d(a, b, jnp.zeros_like(a), ag_stride)
+    ag_h, ag = ag_h * ag_stride, ag * ag_stride
+
+    take_p = (p_value < r_value) & (p_value < ag_value)
+    take_r = ~take_p & (r_value < p_value) & (r_value < ag_value)
+    pick = lambda u, v, w: jnp.where(take_p, u, jnp.where(take_r, v, w))
+    step = pick(p_cut, r, ag)
+    step_h = pick(p_h_cut, r_h, ag_h)
+    value = pick(p_value, r_value, ag_value)
+    return (
+        jnp.where(inside, p, step),
+        jnp.where(inside, p_h, step_h),
+        -jnp.where(inside, value_inside, value),
+    )
+
+
+def find_active_constraints(x, lower, upper, rtol) -> jax.Array:
+    """-1 / 0 / +1 where x is within ``rtol * max(1, |bound|)`` of its lower / no / upper
+    bound (the nearer one); ``rtol = 0``: on or beyond the bound."""
+    lower_dist, upper_dist = x - lower, upper - x
+    lower_threshold = rtol * jnp.maximum(1, jnp.abs(lower))
+    upper_threshold = rtol * jnp.maximum(1, jnp.abs(upper))
+    at_lower = jnp.isfinite(lower) & (lower_dist <= jnp.minimum(upper_dist, lower_threshold))
+    at_upper = jnp.isfinite(upper) & (upper_dist <= jnp.minimum(lower_dist, upper_threshold))
+    return jnp.where(at_upper, 1, jnp.where(at_lower, -1, 0)).astype(jnp.int32)
+
+
+def make_strictly_feasible(x, lower, upper, rstep) -> jax.Array:
+    """x moved off its bounds into the box's interior: by ``rstep * max(1, |bound|)``, or
+    by one ulp where ``rstep == 0``; to the middle where the box is too tight for that."""
+    if rstep == 0:
+        at_lower, at_upper = x <= lower, x >= upper
+        x_new = jnp.where(at_lower, jnp.nextafter(lower, upper), x)
+        x_new = jnp.where(at_upper, jnp.nextafter(upper, lower), x_new)
+    else:
+        active = find_active_constraints(x, lower, upper, rstep)
+        x_new = jnp.where(active == -1, lower + rstep * jnp.maximum(1, jnp.abs(lower)), x)
+        x_new = jnp.where(active == 1, upper - rstep * jnp.maximum(1, jnp.abs(upper)), x_new)
+    tight = (x_new < lower) | (x_new > upper)
+    return jnp.where(tight, 0.5 * (lower + upper), x_new).astype(x.dtype)

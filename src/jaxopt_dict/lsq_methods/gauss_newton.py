@@ -1,0 +1,92 @@
+"""Gauss-Newton with a backtracking (Armijo) line search ("gauss-newton").
+
+At each iterate the direction is the least-squares solution of ``J p = -f`` (minimum norm,
+from one SVD; singular values below ``eps * max(m, n) * s_max`` dropped), the step is
+halved until the cost decreases by at least ``1e-4 * t * g^T p`` (non-finite trials are
+rejected the same way), at most ``maxls`` trials per iteration. Stopping uses scipy's
+least-squares rules: ``ftol`` on the relative decrease of the cost, ``xtol`` on the step
+relative to ``||x||`` (also a rejected trial's: the search no longer moves x), ``gtol`` on
+the gradient's inf-norm.
+
+Reference: J. Nocedal, S. J. Wright, "Numerical Optimization", 2nd ed., sec. 10.3
+(Gauss-Newton, eq. 10.23) and sec. 3.1 (Armijo condition, eq. 3.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
+from jaxopt_dict._result import RUNNING, Status
+from jaxopt_dict._tree import ravel
+from jaxopt_dict.lsq_methods._common import factorize, resolvable, safe_div
+
+_ARMIJO = 1e-4
+
+
+class GaussNewtonState(NamedTuple):
+    x: jax.Array
+    cost: jax.Array
+    g: jax.Array
+    direction: jax.Array  # the Gauss-Newton direction at x
+    t: jax.Array  # the step length of the pending trial
+    slope: jax.Array  # g^T direction (< 0)
+    trials: jax.Array  # trials of this iteration's search so far
+
+
+def make(opts: Mapping[str, Any]) -> Stepper:
+    ftol, xtol, gtol = opts["ftol"], opts["xtol"], opts["gtol"]
+    maxls = opts["maxls"]
+
+    def init(ev: Evaluation, box: Box | None):
+        state, trial, _ = step(None, ev, box, jnp.asarray(True))
+        return state, trial
+
+    def step(state: GaussNewtonState | None, ev: Evaluation, box: Box | None, first):
+        del box  # no bounds (the front door refuses them)
+        x_new, unravel = ravel(ev.x)
+        J_new, f_new = ev.aux
+        m, n = J_new.shape
+        dtype = J_new.dtype  # x's and the residuals' promoted dtype
+        x_new = x_new.astype(dtype)
+        if state is None:
+            zero = jnp.zeros((), dtype)
+            vector = jnp.zeros(n, dtype)
+            state = GaussNewtonState(vector, zero, vector, vector, zero, zero, jnp.asarray(0))
+        cost_new = ev.f.astype(dtype)
+        finite = jnp.isfinite(cost_new)
+        decrease = state.cost - cost_new
+        sufficient = finite & (cost_new <= state.cost + _ARMIJO * state.t * state.slope)
+        accepted = sufficient & ~first
+        new_point = first | accepted
+        trials = jnp.where(new_point, 0, state.trials + 1)
+        failed = ~new_point & (trials >= maxls)
+
+        # xtol on the step as evaluated (rounded to x's dtype): a search whose trials no
+        # longer move x has stalled, accepted or not.
+        xtol_x = resolvable(xtol, ev.x)
+        moved = jnp.linalg.norm(x_new - state.x)
+        xtol_met = ~first & (moved < xtol_x * (xtol_x + jnp.linalg.norm(state.x)))
+        ftol_met = accepted & (decrease < ftol * state.cost)
+        stop = jnp.where(ftol_met, Status.FTOL, jnp.where(xtol_met, Status.XTOL, RUNNING))
+
+        pick = lambda new, old: jnp.where(new_point, new, old)
+        x, cost = pick(x_new, state.x), pick(cost_new, state.cost)
+        g = pick(J_new.T @ f_new, state.g)
+        stop = jnp.where(new_point & (jnp.max(jnp.abs(g)) < gtol), Status.CONVERGED, stop)
+
+        def direction():
+            uf, s, V = factorize(J_new, f_new)
+            kept = s > jnp.finfo(dtype).eps * max(m, n) * s[0]
+            return -V @ jnp.where(kept, safe_div(uf, s), 0)
+
+        d = jax.lax.cond(new_point, direction, lambda: state.direction)
+        t = jnp.where(new_point, 1.0, 0.5 * state.t)
+        new_state = GaussNewtonState(x, cost, g, d, t.astype(dtype), g @ d, trials)
+        return new_state, unravel(x + t * d), StepOutcome(accepted, failed, stop=stop)
+
+    return Stepper(init, step, step_starts=True, rejects_nonfinite=True, own_stopping=True)

@@ -1,0 +1,221 @@
+"""Levenberg-Marquardt ("lm") with MINPACK's trust-region update (``lmder``).
+
+MINPACK's rules, one trial per trip: the step solves ``min ||J p + f||`` within
+``||D p|| <= delta`` (``lmpar``: the Levenberg-Marquardt parameter by safeguarded Newton
+steps on the secular equation, to 10% of delta), here on one SVD of ``J D^-1`` per iterate
+instead of QR factorizations; the radius and parameter follow the ratio of actual to
+predicted reduction; a trial is accepted at ratio >= 1e-4; D is the running maximum of
+the Jacobian's column norms (``x_scale="jac"``, scipy's default for "lm") or
+``1 / x_scale``. Stopping as MINPACK: ftol on the actual and predicted relative
+reductions, xtol on the radius relative to ``||D x||``, gtol on the cosine between the
+residuals and the Jacobian's columns.
+
+References:
+  J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and theory", Lecture
+  Notes in Mathematics 630 (1978), sec. 5-7; J. J. Moré, B. S. Garbow, K. E. Hillstrom,
+  "User guide for MINPACK-1", ANL-80-74 (1980), ``lmder`` and ``lmpar``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
+from jaxopt_dict._result import RUNNING, Status
+from jaxopt_dict._tree import ravel
+from jaxopt_dict.lsq_methods._common import Factors, factorize, resolvable, safe_div
+
+_FACTOR = 100.0  # MINPACK's initial step bound factor (scipy passes 100)
+
+
+class LmState(NamedTuple):
+    x: jax.Array
+    f: jax.Array
+    J: jax.Array
+    fnorm: jax.Array
+    diag: jax.Array  # D: scales of the variables
+    xnorm: jax.Array  # ||D x|| at the iterate (MINPACK's, for xtol)
+    delta: jax.Array  # the step bound
+    par: jax.Array  # the Levenberg-Marquardt parameter
+    first_iteration: jax.Array  # no step accepted yet: the bound is cut to the step
+    factors: Factors  # SVD of J D^-1 at the iterate
+    # The pending trial:
+    pnorm: jax.Array
+    prered: jax.Array
+    dirder: jax.Array
+
+
+def lmpar(factors: Factors, delta, par, m: int):
+    """MINPACK's ``lmpar`` on an SVD: ``(par, z)`` with ``z = D p`` the solution of
+    ``(A^T A + par I) z = -A^T f`` (``A = J D^-1``) such that ``||z||`` is within 10% of
+    delta, or par = 0 if the Gauss-Newton step is that short."""
+    uf, s, V = factors
+    n = V.shape[0]
+    eps = jnp.finfo(s.dtype).eps
+    dwarf = jnp.finfo(s.dtype).tiny
+    nonsingular = s > eps * max(m, n) * s[0]
+    z_gn = -V @ jnp.where(nonsingular, safe_div(uf, s), 0)
+    dxnorm = jnp.linalg.norm(z_gn)
+    fp = dxnorm - delta
+    gauss_newton = fp <= 0.1 * delta
+    suf = s * uf
+    parl = jnp.where(
+        jnp.all(nonsingular),
+        safe_div(fp * dxnorm**2, delta * jnp.sum(jnp.where(nonsingular, safe_div(uf**2, s**4), 0))),
+        0.0,
+    )
+    gnorm = jnp.linalg.norm(suf)
+    paru = gnorm / delta
+    paru = jnp.where(paru == 0, dwarf / jnp.minimum(delta, 0.1), paru)
+    par = jnp.minimum(jnp.maximum(par, parl), paru)
+    par = jnp.where(par == 0, safe_div(gnorm, dxnorm), par)
+
+    def body(k, carry):
+        par, parl, paru, fp, z, done = carry
+        par_k = jnp.where(par == 0, jnp.maximum(dwarf, 0.001 * paru), par)
+        denom = s**2 + par_k
+        z_k = -V @ (suf / denom)
+        dxnorm = jnp.linalg.norm(z_k)
+        fp_k = dxnorm - delta
+        exits = (jnp.abs(fp_k) <= 0.1 * delta) | (parl == 0) & (fp_k <= fp) & (fp < 0) | (k == 9)
+        parc = safe_div(fp_k * dxnorm**2, delta * jnp.sum(suf**2 / denom**3))
+        parl_k = jnp.where(fp_k > 0, jnp.maximum(parl, par_k), parl)
+        paru_k = jnp.where(fp_k < 0, jnp.minimum(paru, par_k), paru)
+        par_next = jnp.where(exits, par_k, jnp.maximum(parl_k, par_k + parc))
+        keep = lambda old, new: jnp.where(done, old, new)
+        return (
+            keep(par, par_next),
+            keep(parl, parl_k),
+            keep(paru, paru_k),
+            keep(fp, fp_k),
+            keep(z, z_k),
+            done | exits,
+        )
+
+    carry = (par, parl, paru, fp, z_gn, jnp.asarray(False))
+    par, _, _, _, z, _ = jax.lax.fori_loop(0, 10, body, carry)
+    return jnp.where(gauss_newton, 0.0, par), jnp.where(gauss_newton, z_gn, z)
+
+
+def make(opts: Mapping[str, Any]) -> Stepper:
+    ftol, xtol, gtol = opts["ftol"], opts["xtol"], opts["gtol"]
+    scale_by_jac = opts["x_scale_jac"]
+
+    def init(ev: Evaluation, box: Box | None):
+        state, trial, _ = step(None, ev, box, jnp.asarray(True))
+        return state, trial
+
+    def step(state: LmState | None, ev: Evaluation, box: Box | None, first):
+        del box  # "lm" takes no bounds (the front door refuses them)
+        x_new, unravel = ravel(ev.x)
+        J_new, f_new = ev.aux
+        m, n = J_new.shape
+        dtype = J_new.dtype  # x's and the residuals' promoted dtype
+        x_new = x_new.astype(dtype)
+        eps = jnp.finfo(dtype).eps
+        if state is None:
+            state = _placeholder(m, n, dtype)
+        fnorm1 = jnp.sqrt(2 * ev.f.astype(dtype))  # +inf for a non-finite trial
+
+        # The trial's verdict (MINPACK lmder, after "evaluate the function at x + p").
+        fnorm = state.fnorm
+        actred = jnp.where(0.1 * fnorm1 < fnorm, 1 - safe_div(fnorm1, fnorm) ** 2, -1.0)
+        ratio = safe_div(actred, state.prered)
+        temp = jnp.where(
+            actred >= 0, 0.5, safe_div(0.5 * state.dirder, state.dirder + 0.5 * actred)
+        )
+        temp = jnp.where((0.1 * fnorm1 >= fnorm) | (temp < 0.1), 0.1, temp)
+        shrink = ratio <= 0.25
+        grow = ~shrink & ((state.par == 0) | (ratio >= 0.75))
+        delta = jnp.where(
+            shrink,
+            temp * jnp.minimum(state.delta, state.pnorm / 0.1),
+            jnp.where(grow, state.pnorm / 0.5, state.delta),
+        )
+        par = jnp.where(shrink, state.par / temp, jnp.where(grow, 0.5 * state.par, state.par))
+        accepted = (ratio >= 1e-4) & ~first
+        new_point = first | accepted
+        xnorm = jnp.where(accepted, jnp.linalg.norm(state.diag * x_new), state.xnorm)
+        ftol_met = (jnp.abs(actred) <= ftol) & (state.prered <= ftol) & (0.5 * ratio <= 1)
+        xtol_met = delta <= resolvable(xtol, ev.x) * xnorm
+        stringent_f = (jnp.abs(actred) <= eps) & (state.prered <= eps) & (0.5 * ratio <= 1)
+        stop = jnp.where(
+            ftol_met | stringent_f,
+            Status.FTOL,
+            jnp.where(xtol_met | (delta <= eps * xnorm), Status.XTOL, RUNNING),
+        )
+        stop = jnp.where(first, RUNNING, stop)
+
+        pick = lambda new, old: jnp.where(new_point, new, old)
+        x, f, J = pick(x_new, state.x), pick(f_new, state.f), pick(J_new, state.J)
+        fnorm = pick(fnorm1, state.fnorm)
+        norms = jnp.sqrt(jnp.sum(J**2, axis=0))
+        if scale_by_jac:
+            diag0 = jnp.where(norms == 0, 1.0, norms)
+        else:
+            diag0 = jnp.broadcast_to(1 / jnp.asarray(opts["x_scale"], dtype), (n,))
+        diag = jnp.where(first, diag0, state.diag)
+        # The first trip: the bound from ||D x0|| (MINPACK's factor 100), par = 0.
+        xnorm0 = jnp.linalg.norm(diag0 * x)
+        xnorm = jnp.where(first, xnorm0, xnorm)
+        delta = jnp.where(first, jnp.where(xnorm0 == 0, _FACTOR, _FACTOR * xnorm0), delta)
+        par = jnp.where(first, 0.0, par)
+        first_iteration = first | state.first_iteration & ~accepted
+
+        # gtol: the largest cosine between f and a column of J, at a new iterate.
+        cosines = safe_div(jnp.abs(J.T @ f), norms * fnorm)
+        stop = jnp.where(
+            (stop == RUNNING) & new_point & (jnp.max(cosines) <= gtol), Status.CONVERGED, stop
+        )
+        if scale_by_jac:
+            diag = pick(jnp.maximum(diag, norms), diag)
+
+        factors = jax.lax.cond(new_point, lambda: factorize(J / diag, f), lambda: state.factors)
+        par, z = lmpar(factors, delta, par, m)
+        p = z / diag
+        pnorm = jnp.linalg.norm(z)
+        delta = jnp.where(first_iteration, jnp.minimum(delta, pnorm), delta)
+        temp1 = safe_div(jnp.linalg.norm(J @ p), fnorm)
+        temp2 = safe_div(jnp.sqrt(par) * pnorm, fnorm)
+        new_state = LmState(
+            x=x,
+            f=f,
+            J=J,
+            fnorm=fnorm,
+            diag=diag,
+            xnorm=xnorm,
+            delta=delta,
+            par=par,
+            first_iteration=first_iteration,
+            factors=factors,
+            pnorm=pnorm,
+            prered=temp1**2 + temp2**2 / 0.5,
+            dirder=-(temp1**2 + temp2**2),
+        )
+        return new_state, unravel(x + p), StepOutcome(accepted=accepted, stop=stop)
+
+    return Stepper(init, step, step_starts=True, rejects_nonfinite=True, own_stopping=True)
+
+
+def _placeholder(m: int, n: int, dtype) -> LmState:
+    zero = jnp.zeros((), dtype)
+    k = min(m, n)
+    return LmState(
+        x=jnp.zeros(n, dtype),
+        f=jnp.zeros(m, dtype),
+        J=jnp.zeros((m, n), dtype),
+        fnorm=zero,
+        diag=jnp.ones(n, dtype),
+        xnorm=zero,
+        delta=zero,
+        par=zero,
+        first_iteration=jnp.asarray(True),
+        factors=Factors(jnp.zeros(k, dtype), jnp.zeros(k, dtype), jnp.zeros((n, k), dtype)),
+        pnorm=zero,
+        prered=zero,
+        dirder=zero,
+    )
