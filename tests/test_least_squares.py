@@ -425,5 +425,54 @@ def test_bad_residuals_and_lm_shape():
     assert bool(res.success) and float(jnp.sum(res.x)) == pytest.approx(3.0)
 
 
+@pytest.mark.parametrize("method", ["trf", "gauss-newton"])
+def test_matvec_reaches_the_dense_minimum(method):
+    """options={"jac": "matvec"}: no Jacobian formed (res.jac is None), the same minimum
+    as the dense solve, ill-conditioned problems included (Meyer, Thurber)."""
+    for name in ["bard", "osborne_1", "meyer", "Thurber-start1"]:
+        problem = BY_NAME[name]
+        dense = our_solve(problem, method)
+        matvec = our_solve(problem, method, options={"jac": "matvec"})
+        assert matvec.jac is None
+        assert bool(matvec.success), (name, matvec.message)
+        assert _same_minimum(2 * float(matvec.cost), 2 * float(dense.cost)), name
+
+
+def test_matvec_large_and_batched(decay):
+    """A chained Rosenbrock in 400 variables (the 799 x 400 Jacobian never formed) and a
+    vmapped robust fit, matrix-free."""
+    n = 400
+
+    def chained(x):
+        return jnp.concatenate([10 * (x[1:] - x[:-1] ** 2), 1 - x[:-1]])
+
+    res = jd.least_squares(chained, jnp.zeros(n), options={"jac": "matvec"})
+    assert bool(res.success) and res.jac is None
+    np.testing.assert_allclose(np.asarray(res.x), 1.0, atol=1e-6)
+    _T, _Y, _P0 = decay
+    ys = jnp.stack([_Y, 1.5 * _Y])
+    solve = lambda y, jac: jd.least_squares(_decay_residuals, _P0, args=(_T, y), loss="huber",
+                                            f_scale=0.1, options={"jac": jac}).x  # fmt: skip
+    batched = jax.vmap(lambda y: solve(y, "matvec"))(ys)
+    for i in range(2):
+        np.testing.assert_allclose(np.asarray(batched[i]), np.asarray(solve(ys[i], "dense")),
+                                   rtol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "lm"}, "method 'lm'"),
+        ({"bounds": (-5.0, 5.0)}, "bounds"),
+        ({"jac": lambda x: jnp.eye(2)}, "a jac"),
+        ({"x_scale": 2.0}, "x_scale"),
+    ],
+)
+def test_matvec_refusals(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jd.least_squares(BY_NAME["rosenbrock"].residuals, jnp.array([-1.2, 1.0]),
+                         options={"jac": "matvec"}, **kwargs)  # fmt: skip
+
+
 def test_all_problems_listed():
     assert len(ALL_PROBLEMS) == len(MGH_PROBLEMS) + len(NIST_PROBLEMS) + len(BOUNDED_PROBLEMS)

@@ -93,12 +93,60 @@ class LsqObjective(NamedTuple):
 
     residuals: Objective  # the user's fun (and jac) returning residuals
     loss: Any = "linear"
-    jacobian: str = "fwd"  # "fwd" / "rev" (JAX), "user" (the user's jac)
+    # "fwd" / "rev" (JAX's), "user" (the user's jac), "matvec" (never formed:
+    # Jacobian-vector products of one linearization per evaluation)
+    jacobian: str = "fwd"
 
     def _bind(self, args: tuple):
         f_scale, rest = args[0], args[1:]
         fun, jac, user_args = self.residuals.bind(rest)
         return fun, jac, user_args, f_scale
+
+    def _loss_scaling(
+        self, r_flat: jax.Array, f_scale: Any
+    ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """(cost, rho1, J_scale): the cost and scipy's row scaling of J for the loss
+        (``J_scale = sqrt(max(rho1 + 2 rho2 r^2, eps))``); ``None`` scaling for "linear"."""
+        if isinstance(self.loss, str) and self.loss == "linear":
+            return 0.5 * (r_flat @ r_flat), None, None
+        dtype = r_flat.dtype
+        f_scale = jnp.asarray(f_scale, dtype)
+        rho0, rho1, rho2 = loss_rho(self.loss, (r_flat / f_scale) ** 2)
+        cost = (0.5 * f_scale**2 * jnp.sum(rho0)).astype(dtype)
+        eps = jnp.finfo(dtype).eps
+        J_scale = jnp.sqrt(jnp.maximum(rho1 + 2 * (rho2 / f_scale**2) * r_flat**2, eps))
+        return cost, rho1, J_scale
+
+    def matvec_parts(self, x: PyTree, args: tuple):
+        """Matrix-free (``options={"jac": "matvec"}``): the residuals, the cost, the scaled
+        residuals f, ``B = [g, p]`` (the gradient and the Gauss-Newton direction ``p``,
+        ``J^T J p = -g`` by conjugate gradients, at most min(m, n) iterations, scipy's
+        LSMR budget) and ``J B``; J only as products with one linearization of fun."""
+        fun, _, user_args, f_scale = self._bind(args)
+        flat, unravel = ravel(x)
+        r, linear = jax.linearize(lambda z: fun(unravel(z), *user_args), flat)
+        r_flat = ravel(r)[0]
+        dtype = jnp.promote_types(flat.dtype, r_flat.dtype)
+        r_flat = r_flat.astype(dtype)
+        flat_linear = lambda v: ravel(linear(v.astype(flat.dtype)))[0].astype(dtype)
+        transposed = jax.linear_transpose(flat_linear, flat.astype(dtype))
+        cost, rho1, J_scale = self._loss_scaling(r_flat, f_scale)
+        if J_scale is None or rho1 is None:
+            f, scale = r_flat, jnp.ones_like(r_flat)
+        else:
+            f, scale = r_flat * rho1 / J_scale, J_scale
+        Jv = lambda v: scale * flat_linear(v)
+        JTw = lambda w: transposed(scale * w)[0]
+        g = JTw(f)
+        # CG on the normal equations squares J's condition number: ask for eps-level
+        # residuals and allow more sweeps than the dimension (rounding undoes conjugacy).
+        tol = float(10 * np.finfo(dtype).eps)
+        p = jax.scipy.sparse.linalg.cg(
+            lambda v: JTw(Jv(v)), -g, tol=tol, maxiter=4 * min(r_flat.size, flat.size) + 10
+        )[0]
+        B = jnp.stack([g, p], axis=1)
+        JB = jax.vmap(Jv, in_axes=1, out_axes=1)(B)
+        return r, cost, f, JB, B
 
     def parts(self, x: PyTree, args: tuple) -> LsqParts:
         """Residuals, cost, and the loss-scaled residuals and Jacobian at x."""
@@ -118,18 +166,17 @@ class LsqObjective(NamedTuple):
         r_flat = ravel(r)[0]
         dtype = jnp.promote_types(flat.dtype, r_flat.dtype)
         r_flat, J = r_flat.astype(dtype), J.astype(dtype)
-        if isinstance(self.loss, str) and self.loss == "linear":
-            return LsqParts(r, 0.5 * (r_flat @ r_flat), r_flat, J)
-        f_scale = jnp.asarray(f_scale, dtype)
-        rho0, rho1, rho2 = loss_rho(self.loss, (r_flat / f_scale) ** 2)
-        cost = 0.5 * f_scale**2 * jnp.sum(rho0)
-        rho2 = rho2 / f_scale**2
-        eps = jnp.finfo(dtype).eps
-        J_scale = jnp.sqrt(jnp.maximum(rho1 + 2 * rho2 * r_flat**2, eps))
-        return LsqParts(r, cost.astype(dtype), r_flat * rho1 / J_scale, J * J_scale[:, None])
+        cost, rho1, J_scale = self._loss_scaling(r_flat, f_scale)
+        if J_scale is None or rho1 is None:
+            return LsqParts(r, cost, r_flat, J)
+        return LsqParts(r, cost, r_flat * rho1 / J_scale, J * J_scale[:, None])
 
     def evaluate(self, x: PyTree, args: tuple, hessian: bool = False) -> Evaluation:
         del hessian  # the methods use J (Gauss-Newton's J^T J), never the Hessian
+        if self.jacobian == "matvec":
+            r, cost, f, JB, B = self.matvec_parts(x, args)
+            g = optax.tree.cast_like(ravel(x)[1](B[:, 0]), x)
+            return Evaluation(x, cost, g, aux=(JB, f, B), fun_aux=(r, None))
         p = self.parts(x, args)
         g = optax.tree.cast_like(ravel(x)[1](p.J.T @ p.f), x)
         return Evaluation(x, p.cost, g, aux=(p.J, p.f), fun_aux=(p.residuals, p.J))
@@ -151,8 +198,12 @@ class LsqObjective(NamedTuple):
         f_scale = jnp.asarray(f_scale, r.dtype)
         return 0.5 * f_scale**2 * jnp.sum(loss_rho(self.loss, (r / f_scale) ** 2)[0])
 
-    def aux(self, x: PyTree, args: tuple) -> tuple[PyTree, jax.Array]:
-        """The residuals and the (loss-scaled) Jacobian at x: ``res.fun`` and ``res.jac``."""
+    def aux(self, x: PyTree, args: tuple) -> tuple[PyTree, jax.Array | None]:
+        """The residuals and the (loss-scaled) Jacobian at x: ``res.fun`` and ``res.jac``
+        (``None`` matrix-free)."""
+        if self.jacobian == "matvec":
+            fun, _, user_args, _ = self._bind(args)
+            return fun(x, *user_args), None
         p = self.parts(x, args)
         return p.residuals, p.J
 
@@ -273,6 +324,8 @@ def _lsq_options(method_options: tuple[Option, ...]) -> tuple[Option, ...]:
         Option("disp", False, bool, static=True),
         Option("progress", False, bool, static=True),
         Option("trace", False, bool, static=True),
+        # "matvec": never form the m x n Jacobian (products with it, an iterative solve).
+        Option("jac", "dense", str, static=True, choices=("dense", "matvec")),
     )
 
 
@@ -362,7 +415,10 @@ def least_squares(
       options: ``ftol``, ``xtol``, ``gtol`` (scipy's tests, default 1e-8; None turns one
         off), ``max_nfev`` (default 100 n), ``maxiter`` (accepted steps; default: no
         limit but max_nfev), ``disp``, ``progress``, ``trace``; ``maxls`` for
-        gauss-newton (default 20).
+        gauss-newton (default 20); ``jac``: ``"dense"`` (default) or ``"matvec"``
+        (never form the Jacobian: products with one linearization per evaluation and
+        conjugate gradients; "trf" without bounds and "gauss-newton"; ``res.jac`` is
+        then ``None``).
       callback: ``callback(intermediate_result)`` after every iteration, on the host,
         with ``x``, ``fun`` (the residuals), ``cost``, ``jac``, ``grad``, ``nit`` and
         ``nfev``; ``StopIteration`` stops the solve (``Status.CALLBACK_STOP``).
@@ -462,11 +518,25 @@ def prepare_least_squares(
         if values[name] is None:  # scipy: None turns the test off
             values[name] = 0.0
 
+    matrix_free = values["jac"] == "matvec"
+    if matrix_free:
+        refusal = (
+            "a jac (products come from JAX's linearization)" if jac is not None
+            else "bounds (not yet)" if box is not None
+            else "method 'lm' (MINPACK's needs the matrix, as scipy's)"
+            if method_rec.name == "lm"
+            else "an x_scale other than 1" if x_scale is not None and not (
+                np.ndim(x_scale) == 0 and not isinstance(x_scale, str) and float(x_scale) == 1.0)
+            else None
+        )  # fmt: skip
+        if refusal is not None:
+            raise ValueError(f"options['jac']='matvec' does not take {refusal}.")
     residuals, args = make_objective(fun, jac, False, args)
-    objective = LsqObjective(residuals, loss, "user" if jac is not None else "fwd")
+    mode = "matvec" if matrix_free else "user" if jac is not None else "fwd"
+    objective = LsqObjective(residuals, loss, mode)
     args = (f_scale, *args)
     m, n = objective.shapes(x0, args)
-    if jac is None and n > m:
+    if mode == "fwd" and n > m:
         objective = objective._replace(jacobian="rev")
     if method_rec.name == "lm" and m < n:
         raise ValueError(

@@ -51,6 +51,21 @@ def factorize(A: jax.Array, f: jax.Array) -> Factors:
     return Factors(U.T @ f, s, Vt.T)
 
 
+def subspace(JB: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """An orthonormal basis S of the span of B's two columns (the gradient and the
+    Gauss-Newton direction, matrix-free "trf") and ``J S`` from ``J B``, without J:
+    ``B = S R`` (QR), ``J S = J B R^-1``. A second column (nearly) parallel to the first
+    is dropped (zero), as is the first where it is 0."""
+    S, R = jnp.linalg.qr(B)
+    eps = jnp.finfo(B.dtype).eps
+    js0 = safe_div(JB[:, 0], R[0, 0])
+    independent = jnp.abs(R[1, 1]) > jnp.sqrt(eps) * jnp.linalg.norm(B[:, 1])
+    js1 = jnp.where(independent, safe_div(JB[:, 1] - R[0, 1] * js0, R[1, 1]), 0)
+    S = S.at[:, 1].set(jnp.where(independent, S[:, 1], 0))
+    S = S.at[:, 0].set(jnp.where(R[0, 0] != 0, S[:, 0], 0))
+    return S, jnp.stack([js0, js1], axis=1)
+
+
 def full_rank(factors: Factors, m: int, n: int) -> jax.Array:
     """scipy's rank test for the Gauss-Newton step: m >= n and the smallest singular value
     above ``eps * m * s_max``."""

@@ -3,7 +3,8 @@
 At each iterate the direction is the least-squares solution of ``J p = -f`` (minimum norm,
 from one SVD; singular values below ``eps * max(m, n) * s_max`` dropped), the step is
 halved until the cost decreases by at least ``1e-4 * t * g^T p`` (non-finite trials are
-rejected the same way), at most ``maxls`` trials per iteration. Stopping uses scipy's
+rejected the same way), at most ``maxls`` trials per iteration (matrix-free: the
+direction by conjugate gradients on Jacobian-vector products, with the evaluation). Stopping uses scipy's
 least-squares rules: ``ftol`` on the relative decrease of the cost, ``xtol`` on the step
 relative to ``||x||`` (also a rejected trial's: the search no longer moves x), ``gtol`` on
 the gradient's inf-norm.
@@ -49,8 +50,9 @@ def make(opts: Mapping[str, Any]) -> Stepper:
     def step(state: GaussNewtonState | None, ev: Evaluation, box: Box | None, first):
         del box  # no bounds (the front door refuses them)
         x_new, unravel = ravel(ev.x)
-        J_new, f_new = ev.aux
-        m, n = J_new.shape
+        matvec = len(ev.aux) == 3  # options["jac"] = "matvec": (J B, f, B), B = [g, p_gn]
+        J_new, f_new = ev.aux[:2]
+        m, n = J_new.shape[0], x_new.size
         dtype = J_new.dtype  # x's and the residuals' promoted dtype
         x_new = x_new.astype(dtype)
         if state is None:
@@ -76,7 +78,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
 
         pick = lambda new, old: jnp.where(new_point, new, old)
         x, cost = pick(x_new, state.x), pick(cost_new, state.cost)
-        g = pick(J_new.T @ f_new, state.g)
+        g = pick(ev.aux[2][:, 0] if matvec else J_new.T @ f_new, state.g)
         stop = jnp.where(new_point & (jnp.max(jnp.abs(g)) < gtol), Status.CONVERGED, stop)
 
         def direction():
@@ -84,7 +86,10 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             kept = s > jnp.finfo(dtype).eps * max(m, n) * s[0]
             return -V @ jnp.where(kept, safe_div(uf, s), 0)
 
-        d = jax.lax.cond(new_point, direction, lambda: state.direction)
+        if matvec:  # conjugate gradients found it with the evaluation
+            d = pick(ev.aux[2][:, 1], state.direction)
+        else:
+            d = jax.lax.cond(new_point, direction, lambda: state.direction)
         t = jnp.where(new_point, 1.0, 0.5 * state.t)
         new_state = GaussNewtonState(x, cost, g, d, t.astype(dtype), g @ d, trials)
         return new_state, unravel(x + t * d), StepOutcome(accepted, failed, stop=stop)

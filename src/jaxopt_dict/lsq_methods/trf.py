@@ -6,7 +6,9 @@ accepted if it lowers the cost, the radius follows the ratio of actual to predic
 reduction, and the trust-region solve for a new radius reuses the iterate's SVD (computed
 once per iterate). With bounds, the problem is scaled by the Coleman-Li vector and the
 step is the best of the cut-back, reflected and Cauchy steps; every trial lies strictly
-inside the box.
+inside the box. Matrix-free (``options={"jac": "matvec"}``, no bounds), the trust-region
+problem is solved on the 2-D subspace of the gradient and a Gauss-Newton direction found
+by conjugate gradients on Jacobian-vector products (scipy's ``tr_solver="lsmr"`` way).
 
 References:
   M. A. Branch, T. F. Coleman, Y. Li, SIAM J. Sci. Comput. 21(1), 1999 (the method);
@@ -36,6 +38,7 @@ from jaxopt_dict.lsq_methods._common import (
     safe_div,
     select_step,
     solve_trust_region,
+    subspace,
     update_tr_radius,
 )
 
@@ -50,6 +53,7 @@ class TrfState(NamedTuple):
     Delta: jax.Array  # trust-region radius (in scaled variables)
     alpha: jax.Array  # the last Levenberg-Marquardt parameter (the next solve's start)
     factors: Factors  # SVD of the scaled (augmented) Jacobian at the iterate
+    basis: jax.Array | None  # matrix-free: the 2-D subspace S (n x 2); J is then J S
     theta: jax.Array  # step-back factor from the bounds (max(0.995, 1 - ||g v||_inf))
     # The pending trial, from x:
     step_norm: jax.Array
@@ -82,13 +86,22 @@ def make(opts: Mapping[str, Any]) -> Stepper:
 
     def step(state: TrfState | None, ev: Evaluation, box: Box | None, first):
         x_new, unravel = ravel(ev.x)
-        J_new, f_new = ev.aux
-        m, n = J_new.shape
+        matvec = len(ev.aux) == 3  # options["jac"] = "matvec": (J B, f, B), no J
+        if matvec:
+            JB, f_new, B = ev.aux
+            g_new = B[:, 0]
+            basis_new, J_new = subspace(JB, B)
+        else:
+            J_new, f_new = ev.aux
+            g_new = J_new.T @ f_new
+            basis_new = None
+        m, k = J_new.shape
+        n = x_new.size
         dtype = J_new.dtype  # x's and the residuals' promoted dtype
         x_new = x_new.astype(dtype)
         box_flat = None if box is None else (ravel(box.lower)[0], ravel(box.upper)[0])
         if state is None:  # init: only its types matter below the first trip's selects
-            state = _placeholder(m, n, dtype, box_flat is not None)
+            state = _placeholder(m, n, k, dtype, box_flat is not None, matvec)
         cost_new = ev.f.astype(dtype)
 
         # The trial's verdict (meaningless on the first trip: ``first`` overrides it).
@@ -119,7 +132,8 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         pick = lambda new, old: jnp.where(new_point, new, old)
         x, cost = pick(x_new, state.x), pick(cost_new, state.cost)
         f, J = pick(f_new, state.f), pick(J_new, state.J)
-        g = pick(J_new.T @ f_new, state.g)
+        g = pick(g_new, state.g)
+        basis = None if basis_new is None else pick(basis_new, state.basis)
         if scale_by_jac:
             scale_inv = jnp.where(
                 first, jac_scale(J_new), pick(jac_scale(J_new, state.scale_inv), state.scale_inv)
@@ -141,7 +155,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         # gradient at the new iterate wins.
         stop = jnp.where(new_point & (g_norm < gtol), Status.CONVERGED, stop)
 
-        J_h = J * d
+        J_h = J if matvec else J * d  # matrix-free: x_scale is 1 (the front door says)
         if box_flat is None:
             augmented, rhs = J_h, f
         else:
@@ -151,8 +165,12 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         factors = jax.lax.cond(new_point, lambda: factorize(augmented, rhs), lambda: state.factors)
         theta = pick(jnp.maximum(0.995, 1 - g_norm), state.theta)
 
-        p_h, alpha = solve_trust_region(factors, Delta, alpha, augmented.shape[0], n)
-        if box_flat is None:
+        p_h, alpha = solve_trust_region(factors, Delta, alpha, augmented.shape[0], k)
+        if basis is not None:  # the step in the subspace, then in x
+            predicted = -evaluate_quadratic(J_h, basis.T @ g_h, p_h)
+            step_h = step_x = basis @ p_h
+            trial = x + step_x
+        elif box_flat is None:
             step_h = p_h
             step_x = d * p_h
             predicted = -evaluate_quadratic(J_h, g_h, p_h)
@@ -173,6 +191,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             Delta=Delta,
             alpha=alpha,
             factors=factors,
+            basis=basis,
             theta=theta,
             step_norm=jnp.linalg.norm(step_x),
             step_h_norm=jnp.linalg.norm(step_h),
@@ -183,20 +202,21 @@ def make(opts: Mapping[str, Any]) -> Stepper:
     return Stepper(init, step, step_starts=True, rejects_nonfinite=True, own_stopping=True)
 
 
-def _placeholder(m: int, n: int, dtype, bounded: bool) -> TrfState:
+def _placeholder(m: int, n: int, k: int, dtype, bounded: bool, matvec: bool) -> TrfState:
     zero = jnp.zeros((), dtype)
     rows = m + n if bounded else m
-    k = min(rows, n)
+    r = min(rows, k)
     return TrfState(
         x=jnp.zeros(n, dtype),
         cost=zero,
         f=jnp.zeros(m, dtype),
-        J=jnp.zeros((m, n), dtype),
+        J=jnp.zeros((m, k), dtype),
         g=jnp.zeros(n, dtype),
         scale_inv=jnp.ones(n, dtype),
         Delta=zero,
         alpha=zero,
-        factors=Factors(jnp.zeros(k, dtype), jnp.zeros(k, dtype), jnp.zeros((n, k), dtype)),
+        factors=Factors(jnp.zeros(r, dtype), jnp.zeros(r, dtype), jnp.zeros((k, r), dtype)),
+        basis=jnp.zeros((n, 2), dtype) if matvec else None,
         theta=zero,
         step_norm=zero,
         step_h_norm=zero,
