@@ -1,6 +1,7 @@
 """Run by tests/test_sharding.py in a subprocess with 8 forced CPU devices.
 
-Solves a batch of problems with ``jax.vmap(minimize)`` under ``jax.jit`` with the batch axis
+Solves a batch of problems with ``jax.vmap(minimize)`` (or ``least_squares``: method
+"trf") under ``jax.jit`` with the batch axis
 sharded over a one-axis mesh, and checks that every device holds (and solved) its own slice
 and that the results equal the unsharded solve; then the same inside ``jax.shard_map``
 (``minimize`` and ``minimize_batch``) and ``jax.pmap`` bodies.
@@ -26,6 +27,11 @@ def least_squares(x, a, b):
     return 0.5 * jnp.sum((a @ x["w"] - b) ** 2) + 0.05 * jnp.sum(x["w"] ** 4)
 
 
+def residuals(x, a, b):
+    """The same objective as residuals: ``least_squares`` is 0.5 * sum(residuals**2)."""
+    return {"fit": a @ x["w"] - b, "penalty": jnp.sqrt(0.1) * x["w"] ** 2}
+
+
 def main() -> int:
     assert jax.device_count() == 8, jax.devices()
     batch, m, n = 64, 12, 4
@@ -35,12 +41,16 @@ def main() -> int:
     method = sys.argv[1] if len(sys.argv) > 1 else "Newton"
     # L-BFGS-B in a box: the compact form and its conds (both branches must vary over the
     # mesh axes: one of them returned constants and failed under the default check_vma).
-    bounds = (-0.3, 0.3) if method == "L-BFGS-B" else None
+    # jd.least_squares ("trf", in the same box): its conds and the queue, likewise.
+    bounds = (-0.3, 0.3) if method in ("L-BFGS-B", "trf") else None
+
+    def solve_one(x, a, b):
+        if method == "trf":
+            return jd.least_squares(residuals, x, args=(a, b), bounds=bounds)
+        return jd.minimize(least_squares, x, args=(a, b), method=method, bounds=bounds)
 
     def solve(x0, a, b):
-        return jax.vmap(
-            lambda x, a, b: jd.minimize(least_squares, x, args=(a, b), method=method, bounds=bounds)
-        )(x0, a, b)
+        return jax.vmap(solve_one)(x0, a, b)
 
     mesh = Mesh(np.array(jax.devices()), ("batch",))
     sharding = NamedSharding(mesh, PartitionSpec("batch"))
@@ -65,6 +75,8 @@ def main() -> int:
     np.testing.assert_array_equal(mapped.nit, ref.nit)
 
     def queue(x0, a, b):
+        if method == "trf":
+            return jd.least_squares_batch(residuals, x0, args=(a, b), bounds=bounds, lanes=4)
         return jd.minimize_batch(
             least_squares, x0, args=(a, b), method=method, bounds=bounds, lanes=4
         )

@@ -14,7 +14,7 @@ import pytest
 SCRIPT = pathlib.Path(__file__).with_name("sharded_solve.py")
 
 
-@pytest.mark.parametrize("method", ["Newton", "L-BFGS-B"])
+@pytest.mark.parametrize("method", ["Newton", "L-BFGS-B", "trf"])
 def test_sharded_batch_solves_on_eight_cpu_devices(method):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     env.pop("JAX_PLATFORMS", None)

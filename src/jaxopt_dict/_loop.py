@@ -302,6 +302,9 @@ def _step(stepper: Stepper, state, trial, ev: Evaluation, box: Box | None, first
 
     def like_carry(new_state, new_trial):
         new_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_state, state)
+        # Inside shard_map a state field computed from options alone (not the problem's
+        # data) is not varying over the mesh axes while the carry's is: make it so.
+        new_state = vary_over_manual_axes(new_state)
         return new_state, optax.tree.cast_like(new_trial, trial)
 
     if stepper.step_starts:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_dict._result import RUNNING, Status
+from jaxopt_dict._tree import vary_over_manual_axes
 
 
 def resolvable(tol: jax.Array, x: Any) -> jax.Array:
@@ -120,7 +121,8 @@ def solve_trust_region(
             done | (jnp.abs(phi) < rtol * Delta),
         )
 
-    alpha, *_ = jax.lax.fori_loop(0, 10, body, (alpha, lower, upper, jnp.asarray(False)))
+    carry = vary_over_manual_axes((alpha, lower, upper, jnp.asarray(False)))  # (shard_map)
+    alpha, *_ = jax.lax.fori_loop(0, 10, body, carry)
     p = -V @ safe_div(suf, s**2 + alpha)
     p = p * safe_div(Delta, jnp.linalg.norm(p))
     return (

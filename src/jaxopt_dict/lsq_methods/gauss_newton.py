@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, Status
-from jaxopt_dict._tree import ravel
+from jaxopt_dict._tree import ravel, vary_over_manual_axes
 from jaxopt_dict.lsq_methods._common import factorize, resolvable, safe_div
 
 _ARMIJO = 1e-4
@@ -59,6 +59,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             zero = jnp.zeros((), dtype)
             vector = jnp.zeros(n, dtype)
             state = GaussNewtonState(vector, zero, vector, vector, zero, zero, jnp.asarray(0))
+            state = vary_over_manual_axes(state)  # as the loop's carry is (shard_map)
         cost_new = ev.f.astype(dtype)
         finite = jnp.isfinite(cost_new)
         decrease = state.cost - cost_new

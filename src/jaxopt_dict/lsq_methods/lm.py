@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, Status
-from jaxopt_dict._tree import ravel
+from jaxopt_dict._tree import ravel, vary_over_manual_axes
 from jaxopt_dict.lsq_methods._common import Factors, factorize, resolvable, safe_div
 
 _FACTOR = 100.0  # MINPACK's initial step bound factor (scipy passes 100)
@@ -96,7 +96,7 @@ def lmpar(factors: Factors, delta, par, m: int):
             done | exits,
         )
 
-    carry = (par, parl, paru, fp, z_gn, jnp.asarray(False))
+    carry = vary_over_manual_axes((par, parl, paru, fp, z_gn, jnp.asarray(False)))
     par, _, _, _, z, _ = jax.lax.fori_loop(0, 10, body, carry)
     return jnp.where(gauss_newton, 0.0, par), jnp.where(gauss_newton, z_gn, z)
 
@@ -118,7 +118,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         x_new = x_new.astype(dtype)
         eps = jnp.finfo(dtype).eps
         if state is None:
-            state = _placeholder(m, n, dtype)
+            state = vary_over_manual_axes(_placeholder(m, n, dtype))  # as the carry is
         fnorm1 = jnp.sqrt(2 * ev.f.astype(dtype))  # +inf for a non-finite trial
 
         # The trial's verdict (MINPACK lmder, after "evaluate the function at x + p").

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, Status
-from jaxopt_dict._tree import ravel
+from jaxopt_dict._tree import ravel, vary_over_manual_axes
 from jaxopt_dict.lsq_methods._common import (
     Factors,
     check_termination,
@@ -101,7 +101,10 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         x_new = x_new.astype(dtype)
         box_flat = None if box is None else (ravel(box.lower)[0], ravel(box.upper)[0])
         if state is None:  # init: only its types matter below the first trip's selects
-            state = _placeholder(m, n, k, dtype, box_flat is not None, matvec)
+            # (varying over a shard_map's axes, as the loop's carry is: the cond below)
+            state = vary_over_manual_axes(
+                _placeholder(m, n, k, dtype, box_flat is not None, matvec)
+            )
         cost_new = ev.f.astype(dtype)
 
         # The trial's verdict (meaningless on the first trip: ``first`` overrides it).
