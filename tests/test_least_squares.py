@@ -254,6 +254,16 @@ def test_nonfinite_trial_is_rejected_not_fatal(method):
     np.testing.assert_allclose(np.asarray(res.x), [np.exp(2.0), 1.0], rtol=1e-6)
 
 
+def test_none_turns_a_tolerance_off_as_in_scipy():
+    """scipy's ``ftol=None`` (keyword or option) disables the test: without ftol and xtol
+    and with an unreachable gtol the solve runs to max_nfev, as scipy's does."""
+    problem = BY_NAME["bard"]
+    off = {"ftol": None, "xtol": None, "gtol": 1e-15, "max_nfev": 40}
+    ref = scipy_solve(problem, "trf", **off)
+    for res in (our_solve(problem, "trf", **off), our_solve(problem, "trf", options=off)):
+        assert int(res.nfev) == ref.nfev == 40 and res.status == jd.Status.MAX_ITER
+
+
 def test_callback():
     problem = BY_NAME["bard"]
     seen = []

@@ -329,7 +329,15 @@ def _lsq_options(method_options: tuple[Option, ...]) -> tuple[Option, ...]:
     )
 
 
-_SCIPY_KEYWORDS = ("ftol", "xtol", "gtol", "max_nfev")
+class _NotGiven:
+    """The default of scipy's keywords here: "not given" (``None`` means "off", as in
+    scipy, for ftol/xtol/gtol, and "100 n" for max_nfev)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+NOT_GIVEN: Any = _NotGiven()
 _UNBOUNDED_ITERATIONS = 2**31 - 2  # maxiter when not set: max_nfev decides
 
 
@@ -383,10 +391,10 @@ def least_squares(
     tol: float | None = None,
     options: Mapping[str, Any] | None = None,
     callback: Callable[[OptimizeResult], Any] | None = None,
-    ftol: float | None = None,
-    xtol: float | None = None,
-    gtol: float | None = None,
-    max_nfev: int | None = None,
+    ftol: float | None = NOT_GIVEN,
+    xtol: float | None = NOT_GIVEN,
+    gtol: float | None = NOT_GIVEN,
+    max_nfev: int | None = NOT_GIVEN,
 ) -> OptimizeResult:
     """Solve a nonlinear least-squares problem, scipy-style, in one compiled loop:
     minimize ``0.5 * sum(loss(r_i(x)**2))`` over a pytree x, optionally in a box.
@@ -422,7 +430,8 @@ def least_squares(
       callback: ``callback(intermediate_result)`` after every iteration, on the host,
         with ``x``, ``fun`` (the residuals), ``cost``, ``jac``, ``grad``, ``nit`` and
         ``nfev``; ``StopIteration`` stops the solve (``Status.CALLBACK_STOP``).
-      ftol, xtol, gtol, max_nfev: scipy's keywords, the same as the options.
+      ftol, xtol, gtol, max_nfev: scipy's keywords, the same as the options (``None``
+        turns a tolerance off, as in scipy; default 1e-8 each, and 100 n evaluations).
 
     Returns:
       An ``OptimizeResult`` with scipy's least-squares fields: ``x``, ``cost``, ``fun``
@@ -503,7 +512,7 @@ def prepare_least_squares(
         raise TypeError(f"options must be a dict, got {type(options).__name__}.")
     options = dict(options or {})
     for name, value in keywords.items():
-        if value is not None:
+        if value is not NOT_GIVEN:
             if name in options:
                 raise ValueError(f"{name} given both as a keyword and in options.")
             options[name] = value

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,7 @@ from jax.flatten_util import ravel_pytree
 from jaxopt_dict._method import Box
 
 PyTree = Any
+T = TypeVar("T")
 
 
 def project(x: PyTree, box: Box | None) -> PyTree:
@@ -227,7 +228,7 @@ def in_manual_mesh() -> bool:
     return bool(_manual_axes())
 
 
-def vary_over_manual_axes(tree: PyTree) -> PyTree:
+def vary_over_manual_axes(tree: T) -> T:
     """``tree`` varying over every manual mesh axis, when traced inside ``shard_map``.
 
     There a value computed from sharded inputs is "varying" over the mesh axes, and
