@@ -386,8 +386,7 @@ def advance(
     if stepper.own_stopping:
         # The method's own rules decide (``Stepper.own_stopping``), x0's trip included.
         assert stepper.step_starts and outcome.stop is not None
-        converged = reduction_small = jnp.asarray(False)
-        moved = jnp.asarray(jnp.inf, moved.dtype)  # no xtol of the driver's
+        converged = jnp.asarray(False)
     elif stepper.has_memory:
         # Two consecutive small gradients, except at x0, where the method is still at rest
         # (no velocity yet): x0 satisfying gtol ends the solve with nit = 0, as for the others.
@@ -395,32 +394,25 @@ def advance(
     else:
         converged = take & small_gradient
     ends_nonfinite = ~finite if not stepper.rejects_nonfinite else ~finite & first
-    method_stop = jnp.asarray(RUNNING if outcome.stop is None else outcome.stop, jnp.int32)
-    status = jnp.select(
-        [
-            ends_nonfinite,
-            method_stop != RUNNING,
-            converged,
-            accepted & reduction_small,
-            accepted & promoted(jnp.less_equal, moved, xtol),
-            failed & ~finite,  # the search's budget ran out on non-finite trials
-            failed,
-            take & (nit >= config.maxiter),
-            promoted(jnp.greater_equal, nfev, maxfun),
-        ],
-        [
-            Status.NONFINITE,
-            method_stop,
-            Status.CONVERGED,
-            Status.FTOL,
-            Status.XTOL,
-            Status.NONFINITE,
-            Status.LINESEARCH_FAILED,
-            Status.MAX_ITER,
-            Status.MAX_ITER,
-        ],
-        RUNNING,
-    ).astype(jnp.int32)
+    # (condition, status) in priority order; the method's own verdict only where it has
+    # one (``own_stopping``): a select on constants still costs kernels in every trip.
+    rules: list[tuple[Any, Any]] = [(ends_nonfinite, Status.NONFINITE)]
+    if outcome.stop is not None:
+        method_stop = jnp.asarray(outcome.stop, jnp.int32)
+        rules.append((method_stop != RUNNING, method_stop))
+    if not stepper.own_stopping:
+        rules += [
+            (converged, Status.CONVERGED),
+            (accepted & reduction_small, Status.FTOL),
+            (accepted & promoted(jnp.less_equal, moved, xtol), Status.XTOL),
+        ]
+    rules += [
+        (failed & ~finite, Status.NONFINITE),  # the search's budget ran out on non-finite trials
+        (failed, Status.LINESEARCH_FAILED),
+        (take & (nit >= config.maxiter), Status.MAX_ITER),
+        (promoted(jnp.greater_equal, nfev, maxfun), Status.MAX_ITER),
+    ]
+    status = jnp.select([c for c, _ in rules], [s for _, s in rules], RUNNING).astype(jnp.int32)
     trace = c.trace
     if trace is not None:
         row = jnp.minimum(nit, config.maxiter)
