@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxopt_dict._compile import jit
 from jaxopt_dict._implicit import with_implicit_diff
 from jaxopt_dict._loop import LoopConfig, advance, finish, start
 from jaxopt_dict._method import Method
@@ -177,7 +178,7 @@ def _solve_queue_impl(
 # One compiled program per (method, fun, static options, lanes, args axes); differentiable
 # in args and bounds by implicit differentiation at each problem's solution, like
 # ``minimize``.
-_solve_queue = jax.jit(
+_solve_queue = jit(
     with_implicit_diff(
         _solve_queue_impl,
         lambda key: key[0].objective.value_and_grad,

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxopt_dict._compile import jit
 from jaxopt_dict._implicit import with_implicit_diff
 from jaxopt_dict._loop import (
     NO_CALLBACK_TOKEN,
@@ -76,7 +77,7 @@ def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None)
 
 # One compiled program per (method, fun, static options, callback); differentiable in args
 # and bounds by implicit differentiation at the solution (``_implicit.py``).
-_solve_implicit = jax.jit(
+_solve_implicit = jit(
     with_implicit_diff(
         _solve_impl,
         lambda static: static.objective.value_and_grad,
@@ -89,7 +90,7 @@ _solve_implicit = jax.jit(
 
 # ``adjoint="unrolled"``: plain autodiff through a bounded, checkpointed loop
 # (``_loop.checkpointed_loop``); the key adds the bound on its trips.
-_solve_unrolled = jax.jit(
+_solve_unrolled = jit(
     lambda key, x0, args, dynamic, box: _run(key[0], x0, args, dynamic, box, key[1]),
     static_argnums=0,
 )
