@@ -189,6 +189,32 @@ def float32_solve():
     np.testing.assert_allclose(np.asarray(res.x), [1.0, 1.0], atol=2e-3)
 
 
+def least_squares():
+    """trf in a box, lm, matrix-free gauss-newton, a batch and an implicit derivative."""
+    t = jnp.linspace(0.0, 2.0, 15)
+    y = 2.0 * jnp.exp(-1.5 * t)
+
+    def residuals(p, y):
+        return p[0] * jnp.exp(-p[1] * t) - y
+
+    p0 = jnp.asarray([1.0, 1.0])
+    for kwargs in ({}, {"method": "lm"}, {"method": "gauss-newton", "options": {"jac": "matvec"}}):
+        res = jd.least_squares(residuals, p0, args=(y,), **kwargs)
+        assert bool(res.success), (kwargs, res.message)
+        close(res.x, jnp.asarray([2.0, 1.5]), 1e-6)
+    lower, upper = jnp.asarray([0.0, 0.0]), jnp.asarray([1.8, 5.0])
+    boxed = jd.least_squares(residuals, p0, args=(y,), bounds=(lower, upper))
+    # scipy's sequence of (lo, hi) pairs, one per coordinate (optax 0.2.5 has no tree.size)
+    pairs = jd.least_squares(residuals, p0, args=(y,), bounds=[(0.0, 1.8), (0.0, 5.0)])
+    close(pairs.x, boxed.x, 1e-12)
+    assert int(boxed.active_mask[0]) == 1 and float(boxed.x[0]) <= 1.8
+    batch = jd.least_squares_batch(residuals, jnp.stack([p0, p0]), args=(jnp.stack([y, 2 * y]),))
+    close(batch.x[:, 0], jnp.asarray([2.0, 4.0]), 1e-6)
+    # a* scales with y (k* does not): sum_i y_i d a*/d y_i = a* = 2 (Euler, degree 1).
+    da = jax.grad(lambda y: jd.least_squares(residuals, p0, args=(y,)).x[0])(y)
+    close(jnp.sum(da * y), jnp.asarray(2.0), 1e-6)
+
+
 CHECKS = [
     gd,
     momentum,
@@ -206,6 +232,7 @@ CHECKS = [
     minimize_batch,
     in_shard_map,
     float32_solve,
+    least_squares,
 ]
 
 

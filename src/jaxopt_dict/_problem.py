@@ -160,7 +160,8 @@ def _lower_upper(bounds: Any, x0: PyTree) -> tuple[Any, Any]:
             f"a scipy.optimize.Bounds; got {type(bounds).__name__}."
         )
     if bounds and all(_is_scipy_pair(item) for item in bounds):
-        n_coordinates = optax.tree.size(x0)
+        # (optax.tree.size is not in optax 0.2.5, the floor)
+        n_coordinates = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(x0))
         if len(bounds) == n_coordinates:
             return _from_pairs(bounds, x0)
         two_sides_like_x0 = len(bounds) == 2 and all(
