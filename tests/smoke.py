@@ -204,9 +204,13 @@ def least_squares():
         close(res.x, jnp.asarray([2.0, 1.5]), 1e-6)
     lower, upper = jnp.asarray([0.0, 0.0]), jnp.asarray([1.8, 5.0])
     boxed = jd.least_squares(residuals, p0, args=(y,), bounds=(lower, upper))
-    # scipy's sequence of (lo, hi) pairs, one per coordinate (optax 0.2.5 has no tree.size)
-    pairs = jd.least_squares(residuals, p0, args=(y,), bounds=[(0.0, 1.8), (0.0, 5.0)])
-    close(pairs.x, boxed.x, 1e-12)
+    # minimize reads scipy's sequence of (lo, hi) pairs (optax 0.2.5 has no tree.size);
+    # least_squares reads two number lists as (lb, ub), as scipy's least_squares.
+    cost = lambda p, y: 0.5 * jnp.sum(residuals(p, y) ** 2)
+    pairs = jd.minimize(cost, p0, args=(y,), bounds=[(0.0, 1.8), (0.0, 5.0)])
+    close(pairs.x, boxed.x, 1e-5)
+    lists = jd.least_squares(residuals, p0, args=(y,), bounds=([0.0, 0.0], [1.8, 5.0]))
+    close(lists.x, boxed.x, 1e-12)
     assert int(boxed.active_mask[0]) == 1 and float(boxed.x[0]) <= 1.8
     batch = jd.least_squares_batch(residuals, jnp.stack([p0, p0]), args=(jnp.stack([y, 2 * y]),))
     close(batch.x[:, 0], jnp.asarray([2.0, 4.0]), 1e-6)

@@ -416,6 +416,9 @@ def test_gauss_newton_solves_the_zoo_it_can():
         ({"options": {"ftol": -1.0}}, ValueError, "must be >= 0"),
         ({"ftol": 1e-3, "options": {"ftol": 1e-4}}, ValueError, "both as a keyword"),
         ({"args": [1.0]}, TypeError, "args must be a tuple"),
+        ({"method": "gauss-newton", "x_scale": "jac"}, ValueError, "takes no x_scale"),
+        ({"ftol": None, "xtol": None, "gtol": None}, ValueError, "At least one of"),
+        ({"method": "lm", "xtol": None}, ValueError, "method 'lm' needs"),
     ],
 )
 def test_bad_input(kwargs, error, match):
@@ -482,6 +485,85 @@ def test_matvec_refusals(kwargs, match):
     with pytest.raises(ValueError, match=match):
         jd.least_squares(BY_NAME["rosenbrock"].residuals, jnp.array([-1.2, 1.0]),
                          options={"jac": "matvec"}, **kwargs)  # fmt: skip
+
+
+def _pulled(x, a):
+    return x - a
+
+
+@pytest.mark.parametrize(
+    ("dtype", "xtol"), [(jnp.float64, 1e-8), (jnp.float64, None), (jnp.float32, 1e-8)]
+)
+def test_implicit_derivative_holds_bound_coordinates(dtype, xtol):
+    """x* = clip(a, lb, ...): d x*/d a is 0 where the bound holds x and 1 elsewhere, and
+    d x*/d lb the reverse. trf stops inside the box (one ulp or more); a distance test
+    with xtol missed the bound in float32 and with xtol=None (derivatives as if free)."""
+    a = jnp.asarray([0.5, -2.0], dtype)
+    lower = jnp.asarray([1.0, -10.0], dtype)
+
+    def solve(a, lower):
+        return jd.least_squares(_pulled, jnp.asarray([3.0, 0.0], dtype), args=(a,),
+                                bounds=(lower, jnp.inf), xtol=xtol).x  # fmt: skip
+
+    x = solve(a, lower)
+    np.testing.assert_allclose(np.asarray(x), [1.0, -2.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.jacrev(solve)(a, lower)), np.diag([0.0, 1.0]),
+                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(jax.jacrev(solve, argnums=1)(a, lower)),
+                               np.diag([1.0, 0.0]), atol=1e-6)  # fmt: skip
+    if xtol is not None:  # (scipy's active_mask has rtol = xtol: 0 marks nothing then)
+        res = jd.least_squares(_pulled, jnp.asarray([3.0, 0.0], dtype), args=(a,),
+                               bounds=(lower, jnp.inf), xtol=xtol)  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(res.active_mask), [-1, 0])
+
+
+def test_two_number_lists_are_lower_and_upper_as_in_scipy():
+    """scipy's least_squares reads bounds=([lb0, lb1], [ub0, ub1]) as (lb, ub), also for
+    two variables (minimize reads two pairs for two variables as pairs, as scipy's
+    minimize): pulled toward (5, -5) in [0, 2] x [1, 3], x* = (2, 1)."""
+    problem = BY_NAME["rosenbrock"]._replace(residuals=lambda x: x - jnp.asarray([5.0, -5.0]),
+                                             x0=np.array([1.0, 2.0]))  # fmt: skip
+    ref = scipy_solve(problem, "trf", bounds=([0.0, 1.0], [2.0, 3.0]))
+    res = jd.least_squares(problem.residuals, jnp.asarray(problem.x0),
+                           bounds=([0.0, 1.0], [2.0, 3.0]))  # fmt: skip
+    np.testing.assert_allclose(np.asarray(res.x), ref.x, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(res.x), [2.0, 1.0], atol=1e-8)
+
+
+def test_float32_trials_strictly_inside_and_x0_on_a_bound():
+    """float32 x with float64 residuals: every trial strictly inside the box after
+    rounding to float32 (log(x - 1) is finite at each), from an x0 on the bound (where
+    scipy's 1e-10 shift rounds away in float32)."""
+    seen = []
+
+    def residuals(x):
+        jax.debug.callback(lambda v: seen.append(np.asarray(v)), x)
+        return jnp.stack([jnp.log(x[0] - 1.0) + 0.5, 3.0 * (x[1] - x[0])]).astype(jnp.float64)
+
+    res = jd.least_squares(residuals, jnp.asarray([1.0, 2.0], jnp.float32),
+                           bounds=(jnp.asarray([1.0, -5.0], jnp.float32), jnp.inf))  # fmt: skip
+    points = np.array(seen)
+    assert np.all(points[:, 0] > 1.0), "a trial on the bound"
+    assert bool(res.success) and np.isfinite(np.asarray(res.x)).all(), res.message
+    np.testing.assert_allclose(np.asarray(res.x), 1.0 + np.exp(-0.5), rtol=1e-5)
+
+
+def test_float32_ftol_is_floored():
+    """float32: scipy's ftol = 1e-8 is below what the cost resolves; floored at eps it
+    ends the solve (with xtol off, it ran to max_nfev before)."""
+    problem = BY_NAME["bard"]
+    res = jd.least_squares(problem.residuals, jnp.asarray(problem.x0, jnp.float32),
+                           xtol=None, gtol=1e-12)  # fmt: skip
+    assert res.status == jd.Status.FTOL and bool(res.success), res.message
+    assert int(res.nfev) < 50
+
+
+def test_matvec_one_variable():
+    f = lambda x: jnp.stack([jnp.exp(x[0]) - 2.0, x[0] - 0.5])
+    dense = jd.least_squares(f, jnp.array([0.0]))
+    matvec = jd.least_squares(f, jnp.array([0.0]), options={"jac": "matvec"})
+    np.testing.assert_allclose(np.asarray(matvec.x), np.asarray(dense.x), rtol=1e-10)
+    assert int(matvec.nfev) == int(dense.nfev)
 
 
 def test_all_problems_listed():

@@ -167,8 +167,8 @@ def with_implicit_diff(
     shared. ``aux_of(static)`` is the ``aux(x, args)`` function whose value the result
     carries as ``res.aux`` (``has_aux=True``): its tangent follows from dx and dargs.
     ``active_of(static)`` returns ``None`` (x on a bound exactly is held by it) or
-    ``(x, box, dynamic) -> (at_lower, at_upper)``, for solvers whose iterates stay strictly
-    inside the box (least squares' "trf").
+    ``(res, box, dynamic) -> (at_lower, at_upper)`` from one problem's result, for solvers
+    whose iterates stay strictly inside the box (least squares' "trf").
     """
 
     solve_diff = jax.custom_jvp(solve, nondiff_argnums=(0,))
@@ -183,7 +183,11 @@ def with_implicit_diff(
         # L-BFGS, refused in reverse mode for every method).
         res = solve_diff(static, x0, args, dynamic, box)
         masks_of = None if active_of is None else active_of(static)
-        masks = None if masks_of is None or box is None else masks_of(res.x, box, dynamic)
+        masks = None
+        if masks_of is not None and box is not None:
+            if args_axes_of is not None:  # one problem's result at a time
+                masks_of = jax.vmap(masks_of, in_axes=(0, None, None))
+            masks = masks_of(res, box, dynamic)
         tangent_of = functools.partial(implicit_tangent, objective_of(static))
         if args_axes_of is not None:
             axes = args_axes_of(static)

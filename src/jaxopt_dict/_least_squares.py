@@ -120,8 +120,8 @@ class LsqObjective(NamedTuple):
     def matvec_parts(self, x: PyTree, args: tuple):
         """Matrix-free (``options={"jac": "matvec"}``): the residuals, the cost, the scaled
         residuals f, ``B = [g, p]`` (the gradient and the Gauss-Newton direction ``p``,
-        ``J^T J p = -g`` by conjugate gradients, at most min(m, n) iterations, scipy's
-        LSMR budget) and ``J B``; J only as products with one linearization of fun."""
+        ``J^T J p = -g`` by conjugate gradients, at most 4 min(m, n) + 10 iterations) and
+        ``J B``; J only as products with one linearization of fun."""
         fun, _, user_args, f_scale = self._bind(args)
         flat, unravel = ravel(x)
         r, linear = jax.linearize(lambda z: fun(unravel(z), *user_args), flat)
@@ -138,8 +138,10 @@ class LsqObjective(NamedTuple):
         Jv = lambda v: scale * flat_linear(v)
         JTw = lambda w: transposed(scale * w)[0]
         g = JTw(f)
-        # CG on the normal equations squares J's condition number: ask for eps-level
-        # residuals and allow more sweeps than the dimension (rounding undoes conjugacy).
+        # CG on the normal equations squares J's condition number, and rounding undoes
+        # conjugacy: eps-level tolerance and 4 min(m, n) + 10 sweeps (sqrt(eps) with
+        # 2 min(m, n) + 10, or min(m, n), lost Meyer's problem). On an ill-conditioned J
+        # it runs to the cap: the price of not forming J (LSMR on J would do better).
         tol = float(10 * np.finfo(dtype).eps)
         p = jax.scipy.sparse.linalg.cg(
             lambda v: JTw(Jv(v)), -g, tol=tol, maxiter=4 * min(r_flat.size, flat.size) + 10
@@ -249,10 +251,27 @@ class LsqObjective(NamedTuple):
                 raise TypeError(f"jac must give an {m} x {n} Jacobian, got shape {J.shape}.")
         return m, n
 
-    def active_masks(self, x: PyTree, box: Box, dynamic: Mapping[str, Any]):
-        """Where x is held by a bound, as ``res.active_mask`` says (within ``xtol``)."""
-        active = active_mask(x, box, dynamic["xtol"])
-        return jax.tree.map(lambda a: a == -1, active), jax.tree.map(lambda a: a == 1, active)
+    def active_masks(self, res: OptimizeResult, box: Box, dynamic: Mapping[str, Any]):
+        """Where the solution is held by a bound, for implicit differentiation: the gradient
+        pushes x out of the box there and the one-coordinate Gauss-Newton step
+        ``|g_i| / ||J_i||^2`` would cross the bound (trf stops inside the box, at a
+        distance that depends on the dtype and the tolerances, so a distance test alone
+        misses bounds in float32 or with xtol=None). Matrix-free (no J): within
+        ``sqrt(eps) * max(1, |bound|)`` of the bound the gradient pushes toward.
+        ``res`` is the driver's result: ``jac`` the gradient, ``aux`` (residuals, J)."""
+        x, unravel = ravel(res.x)
+        g = ravel(res.jac)[0].astype(x.dtype)
+        lower, upper = ravel(box.lower)[0], ravel(box.upper)[0]
+        v, dv = cl_scaling(x, g, lower, upper)
+        J = res.aux[1]
+        if J is not None:
+            held = v * jnp.sum(J.astype(x.dtype) ** 2, axis=0) < jnp.abs(g)
+        else:
+            bound = jnp.where(dv > 0, lower, upper)
+            held = v <= jnp.sqrt(jnp.finfo(x.dtype).eps) * jnp.maximum(1, jnp.abs(bound))
+        held = held & (dv != 0) & (g != 0)
+        as_tree = lambda mask: jax.tree.map(lambda leaf: leaf > 0.5, unravel(mask.astype(x.dtype)))
+        return as_tree(held & (dv > 0)), as_tree(held & (dv < 0))
 
 
 def jacobian_matrix(jac: Any, residuals: PyTree, x: PyTree) -> jax.Array:
@@ -288,15 +307,18 @@ def jacobian_matrix(jac: Any, residuals: PyTree, x: PyTree) -> jax.Array:
 
 def active_mask(x: PyTree, box: Box | None, rtol) -> PyTree:
     """-1 / 0 / +1 per coordinate of x (x's structure): on its lower bound, free, on its
-    upper bound, within ``rtol * max(1, |bound|)`` (scipy's ``find_active_constraints``)."""
+    upper bound, within ``max(rtol, 4 eps) * max(1, |bound|)`` (scipy's
+    ``find_active_constraints`` with rtol = xtol, floored)."""
     if box is None:
         return jax.tree.map(lambda v: jnp.zeros(jnp.shape(v), jnp.int32), x)
-    return jax.tree.map(
-        lambda v, lo, hi: find_active_constraints(v, lo, hi, jnp.asarray(rtol, v.dtype)),
-        x,
-        box.lower,
-        box.upper,
-    )
+
+    def leaf(v, lo, hi):
+        # scipy's rtol is xtol; floored at 4 ulps, which trf's stop one ulp inside the box
+        # can exceed (float32, or xtol=None: rtol 0 would never mark a bound).
+        floor = 4 * jnp.finfo(v.dtype).eps
+        return find_active_constraints(v, lo, hi, jnp.maximum(jnp.asarray(rtol, v.dtype), floor))
+
+    return jax.tree.map(leaf, x, box.lower, box.upper)
 
 
 class _LsqCallback(NamedTuple):
@@ -350,6 +372,8 @@ def _x_scale_vector(x_scale: Any, x0: PyTree, n: int) -> jax.Array:
     """
     flat_dtype = ravel(x0)[0].dtype
     leaves = jax.tree.leaves(x0)
+    if isinstance(x_scale, tuple) and jax.tree.structure(x_scale) != jax.tree.structure(x0):
+        x_scale = list(x_scale)  # scipy's array_like, not a pytree like x0
     if not isinstance(x_scale, (int, float, np.ndarray, jax.Array, list)):  # a pytree
         if jax.tree.structure(x_scale) != jax.tree.structure(x0):
             raise ValueError(
@@ -492,7 +516,7 @@ def prepare_least_squares(
         raise ValueError(f"f_scale must be a positive scalar, got {f_scale!r}.")
     if not isinstance(f_scale, jax.core.Tracer) and not float(f_scale) > 0:
         raise ValueError(f"f_scale must be positive, got {f_scale!r}.")
-    box = canonicalize_bounds(bounds, x0)
+    box = canonicalize_bounds(scipy_lsq_bounds(bounds, x0), x0)
     if box is not None:
         if not method_rec.supports_bounds:
             raise ValueError(
@@ -526,6 +550,18 @@ def prepare_least_squares(
     for name in ("ftol", "xtol", "gtol"):
         if values[name] is None:  # scipy: None turns the test off
             values[name] = 0.0
+    tolerances = [values[name] for name in ("ftol", "xtol", "gtol")]
+    if not any(isinstance(t, jax.core.Tracer) for t in tolerances):
+        eps = float(np.finfo(float).eps)
+        if method_rec.name == "lm" and min(tolerances) < eps:
+            raise ValueError(
+                f"method 'lm' needs ftol, xtol and gtol >= eps ({eps:.2e}), as scipy's."
+            )
+        if max(tolerances) < eps:
+            raise ValueError(
+                f"At least one of ftol, xtol, gtol must be >= eps ({eps:.2e}), as in scipy: "
+                "otherwise only max_nfev could end the solve."
+            )
 
     matrix_free = values["jac"] == "matvec"
     if matrix_free:
@@ -570,6 +606,11 @@ def prepare_least_squares(
             "0..maxiter); lower options['maxiter'], or drop trace."
         )
 
+    if method_rec.name == "gauss-newton" and x_scale is not None:
+        raise ValueError(
+            "method 'gauss-newton' takes no x_scale: its step (the least-squares solution of "
+            "J p = -f) does not depend on the variables' scale."
+        )
     if x_scale is None:
         x_scale = "jac" if method_rec.name == "lm" else 1.0
     scale_by_jac = isinstance(x_scale, str)
@@ -589,15 +630,46 @@ def prepare_least_squares(
     return SolveStatic(method_rec, objective, static_opts, wrapped), x0, args, dynamic, box
 
 
+class _FlatBounds(NamedTuple):
+    """scipy's ``(lb, ub)`` over the flattened coordinates, read as a ``Bounds``."""
+
+    lb: Any
+    ub: Any
+
+
+def scipy_lsq_bounds(bounds: Any, x0: PyTree) -> Any:
+    """scipy's ``least_squares`` reads ``bounds=(lb, ub)`` with each side a scalar or an
+    array_like over the coordinates, never as ``(lo, hi)`` pairs: a pair of number
+    sequences (lists or tuples) is read so here too, as flat ``lb``, ``ub`` over x0's
+    flattened coordinates (``minimize`` reads two pairs for two coordinates as pairs,
+    as scipy's ``minimize`` does). Anything else is read as ``minimize`` reads it."""
+    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+        return bounds
+    numbers = lambda side: (
+        isinstance(side, (tuple, list))
+        and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in side)
+    )
+    n = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(x0))
+    if all(numbers(side) and len(side) == n for side in bounds):
+        return _FlatBounds(np.asarray(bounds[0], float), np.asarray(bounds[1], float))
+    return bounds
+
+
 def strictly_inside(x0: PyTree, box: Box | None) -> PyTree:
     """x0 projected onto the box and moved off its bounds (by ``1e-10 * max(1, |bound|)``,
-    as scipy's ``trf`` starts); unchanged without a box."""
+    as scipy's ``trf`` starts, or one ulp where that shift rounds away in x's dtype),
+    leaf by leaf in each leaf's dtype; unchanged without a box."""
     if box is None:
         return x0
-    flat, unravel = ravel(x0)
-    lower, upper = ravel(box.lower)[0], ravel(box.upper)[0]
-    inside = make_strictly_feasible(jnp.clip(flat, lower, upper), lower, upper, 1e-10)
-    return optax.tree.cast_like(unravel(inside), x0)
+
+    def leaf(x, lower, upper):
+        # (the start's dependence on the bounds carries no derivative: res.x's is implicit)
+        lower = jax.lax.stop_gradient(lower).astype(x.dtype)
+        upper = jax.lax.stop_gradient(upper).astype(x.dtype)
+        inside = make_strictly_feasible(jnp.clip(x, lower, upper), lower, upper, 1e-10)
+        return make_strictly_feasible(inside, lower, upper, 0)
+
+    return jax.tree.map(leaf, x0, box.lower, box.upper)
 
 
 def least_squares_batch(

@@ -60,6 +60,8 @@ def subspace(JB: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
     S, R = jnp.linalg.qr(B)
     eps = jnp.finfo(B.dtype).eps
     js0 = safe_div(JB[:, 0], R[0, 0])
+    if B.shape[0] == 1:  # one variable: the subspace is the line itself
+        return S, js0[:, None]
     independent = jnp.abs(R[1, 1]) > jnp.sqrt(eps) * jnp.linalg.norm(B[:, 1])
     js1 = jnp.where(independent, safe_div(JB[:, 1] - R[0, 1] * js0, R[1, 1]), 0)
     S = S.at[:, 1].set(jnp.where(independent, S[:, 1], 0))

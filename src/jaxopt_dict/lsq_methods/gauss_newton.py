@@ -74,7 +74,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         xtol_x = resolvable(xtol, ev.x)
         moved = jnp.linalg.norm(x_new - state.x)
         xtol_met = ~first & (moved < xtol_x * (xtol_x + jnp.linalg.norm(state.x)))
-        ftol_met = accepted & (decrease < ftol * state.cost)
+        ftol_met = accepted & (decrease < resolvable(ftol, ev.x) * state.cost)
         stop = jnp.where(ftol_met, Status.FTOL, jnp.where(xtol_met, Status.XTOL, RUNNING))
 
         pick = lambda new, old: jnp.where(new_point, new, old)

@@ -140,7 +140,8 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         accepted = (ratio >= 1e-4) & ~first
         new_point = first | accepted
         xnorm = jnp.where(accepted, jnp.linalg.norm(state.diag * x_new), state.xnorm)
-        ftol_met = (jnp.abs(actred) <= ftol) & (state.prered <= ftol) & (0.5 * ratio <= 1)
+        ftol_x = resolvable(ftol, ev.x)  # floored at x's eps (float32)
+        ftol_met = (jnp.abs(actred) <= ftol_x) & (state.prered <= ftol_x) & (0.5 * ratio <= 1)
         xtol_met = delta <= resolvable(xtol, ev.x) * xnorm
         stringent_f = (jnp.abs(actred) <= eps) & (state.prered <= eps) & (0.5 * ratio <= 1)
         stop = jnp.where(

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, Status
@@ -123,7 +124,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             state.step_norm,
             jnp.linalg.norm(state.x),
             ratio,
-            ftol,
+            resolvable(ftol, ev.x),
             resolvable(xtol, ev.x),
         )
         stop = jnp.where(finite & ~first, stop, RUNNING)
@@ -152,8 +153,9 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             v, dv = cl_scaling(x, g, *box_flat)
             v = jnp.where(dv != 0, v * scale_inv, v)
             Delta0 = jnp.linalg.norm(x * scale_inv / jnp.sqrt(v))
-        Delta = jnp.where(first, jnp.where(Delta0 == 0, 1.0, Delta0), Delta)
-        alpha = jnp.where(first, 0.0, alpha)
+        usable = jnp.isfinite(Delta0) & (Delta0 > 0)  # x0 on a bound: v = 0
+        Delta = jnp.where(first, jnp.where(usable, Delta0, 1.0), Delta)
+        alpha = jnp.where(first | ~jnp.isfinite(alpha), 0.0, alpha)
         # scipy tests gtol at the top of its loop, after a break on ftol/xtol too: a small
         # gradient at the new iterate wins.
         stop = jnp.where(new_point & (g_norm < gtol), Status.CONVERGED, stop)
@@ -183,7 +185,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             step_x, step_h, predicted = select_step(
                 x, J_h, diag_h, g_h, d * p_h, p_h, d, Delta, lower, upper, theta
             )
-            trial = make_strictly_feasible(x + step_x, lower, upper, 0)
+            trial = x + step_x  # made strictly feasible below, in x's own dtypes
         new_state = TrfState(
             x=x,
             cost=cost,
@@ -200,7 +202,17 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             step_h_norm=jnp.linalg.norm(step_h),
             predicted=predicted,
         )
-        return new_state, unravel(trial), StepOutcome(accepted=accepted, stop=stop)
+        trial_tree = optax.tree.cast_like(unravel(trial), ev.x)
+        if box is not None:  # strictly inside after rounding to each leaf's dtype
+            trial_tree = jax.tree.map(
+                lambda t, lo, hi: make_strictly_feasible(
+                    t, lo.astype(t.dtype), hi.astype(t.dtype), 0
+                ),
+                trial_tree,
+                box.lower,
+                box.upper,
+            )
+        return new_state, trial_tree, StepOutcome(accepted=accepted, stop=stop)
 
     return Stepper(init, step, step_starts=True, rejects_nonfinite=True, own_stopping=True)
 
@@ -219,7 +231,7 @@ def _placeholder(m: int, n: int, k: int, dtype, bounded: bool, matvec: bool) -> 
         Delta=zero,
         alpha=zero,
         factors=Factors(jnp.zeros(r, dtype), jnp.zeros(r, dtype), jnp.zeros((k, r), dtype)),
-        basis=jnp.zeros((n, 2), dtype) if matvec else None,
+        basis=jnp.zeros((n, min(2, n)), dtype) if matvec else None,
         theta=zero,
         step_norm=zero,
         step_h_norm=zero,
