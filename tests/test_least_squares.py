@@ -14,7 +14,7 @@ import pytest
 import scipy.optimize
 from hypothesis import given
 from hypothesis import strategies as st
-from problems_lsq import ALL_PROBLEMS, BOUNDED_PROBLEMS, BY_NAME, MGH_PROBLEMS, NIST_PROBLEMS
+from problems_lsq import BOUNDED_PROBLEMS, BY_NAME, MGH_PROBLEMS, NIST_PROBLEMS
 
 import jaxopt_dict as jd
 
@@ -564,7 +564,3 @@ def test_matvec_one_variable():
     matvec = jd.least_squares(f, jnp.array([0.0]), options={"jac": "matvec"})
     np.testing.assert_allclose(np.asarray(matvec.x), np.asarray(dense.x), rtol=1e-10)
     assert int(matvec.nfev) == int(dense.nfev)
-
-
-def test_all_problems_listed():
-    assert len(ALL_PROBLEMS) == len(MGH_PROBLEMS) + len(NIST_PROBLEMS) + len(BOUNDED_PROBLEMS)

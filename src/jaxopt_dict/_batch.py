@@ -249,6 +249,31 @@ def minimize_batch(
       >>> jnp.round(res.x, 4).tolist()
       [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
     """
+    lanes, args_axes, one_problem = batch_layout(x0, args, lanes, args_axes)
+    static, _, solve_args, dynamic, box = prepare_solve(
+        fun, _take(x0, 0), one_problem, method, jac, bounds, tol, options, None, has_aux
+    )
+    args, args_axes = with_hidden_args(solve_args, one_problem, args, args_axes)
+    if options and (options.get("disp") or options.get("trace")):  # a dict by now
+        raise ValueError("minimize_batch does not take disp or trace; use jax.vmap(minimize).")
+    if dict(static.options)["adjoint"] != "implicit":
+        raise ValueError(
+            "minimize_batch differentiates implicitly only (options['adjoint']='implicit'); "
+            "for adjoint='unrolled' use jax.vmap(minimize)."
+        )
+    x0 = jax.tree.map(jnp.asarray, x0)
+    return _solve_queue((static, lanes, args_axes), x0, args, dynamic, box)
+
+
+def batch_layout(
+    x0: PyTree, args: tuple, lanes: int | None, args_axes: Any
+) -> tuple[int, tuple[int | None, ...], tuple]:
+    """Check a batch's inputs: ``(lanes, args_axes, one problem's args)``, lanes at most B.
+
+    Raises:
+      TypeError: ``lanes`` not an int, ``args`` not a tuple.
+      ValueError: ``lanes < 1``, bad ``args_axes``, no leaves, leading axes that differ.
+    """
     if lanes is not None:
         if isinstance(lanes, (bool, np.bool_)) or not isinstance(lanes, (int, np.integer)):
             raise TypeError(f"lanes must be a positive int (or None), got {lanes!r}.")
@@ -262,21 +287,16 @@ def minimize_batch(
     n_problems = _batch_size(x0, args, args_axes)
     lanes = min(n_problems, 256 if lanes is None else int(lanes))
     one_problem = tuple(_take(a, 0) if axis == 0 else a for a, axis in zip(args, args_axes))
-    static, _, solve_args, dynamic, box = prepare_solve(
-        fun, _take(x0, 0), one_problem, method, jac, bounds, tol, options, None, has_aux
-    )
-    # The arrays fun/jac hold (a hidden leading arg, if any) are shared by all problems.
+    return lanes, args_axes, one_problem
+
+
+def with_hidden_args(
+    solve_args: tuple, one_problem: tuple, args: tuple, args_axes: tuple[int | None, ...]
+) -> tuple[tuple, tuple[int | None, ...]]:
+    """The batch's args and axes after the hidden leading args the front door added to one
+    problem's (the arrays fun/jac hold, least squares' f_scale): shared by all problems."""
     hidden = len(solve_args) - len(one_problem)
-    args, args_axes = solve_args[:hidden] + args, (None,) * hidden + args_axes
-    if options and (options.get("disp") or options.get("trace")):  # a dict by now
-        raise ValueError("minimize_batch does not take disp or trace; use jax.vmap(minimize).")
-    if dict(static.options)["adjoint"] != "implicit":
-        raise ValueError(
-            "minimize_batch differentiates implicitly only (options['adjoint']='implicit'); "
-            "for adjoint='unrolled' use jax.vmap(minimize)."
-        )
-    x0 = jax.tree.map(jnp.asarray, x0)
-    return _solve_queue((static, lanes, args_axes), x0, args, dynamic, box)
+    return solve_args[:hidden] + args, (None,) * hidden + args_axes
 
 
 def _batch_size(x0: PyTree, args: tuple, args_axes: tuple[int | None, ...]) -> int:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxopt_dict._batch import _solve_queue, _take, batch_layout, with_hidden_args
 from jaxopt_dict._method import Box, Evaluation
 from jaxopt_dict._minimize import SolveStatic, solve_reporting_errors
 from jaxopt_dict._options import Option, resolve_options, split_static
@@ -34,6 +35,7 @@ from jaxopt_dict._result import OptimizeResult
 from jaxopt_dict._tree import ravel
 from jaxopt_dict.lsq_methods import LSQ_METHODS, resolve_lsq_method
 from jaxopt_dict.lsq_methods._common import (
+    LsqAux,
     cl_scaling,
     find_active_constraints,
     make_strictly_feasible,
@@ -175,13 +177,16 @@ class LsqObjective(NamedTuple):
 
     def evaluate(self, x: PyTree, args: tuple, hessian: bool = False) -> Evaluation:
         del hessian  # the methods use J (Gauss-Newton's J^T J), never the Hessian
+        unravel = ravel(x)[1]
         if self.jacobian == "matvec":
             r, cost, f, JB, B = self.matvec_parts(x, args)
-            g = optax.tree.cast_like(ravel(x)[1](B[:, 0]), x)
-            return Evaluation(x, cost, g, aux=(JB, f, B), fun_aux=(r, None))
+            aux = LsqAux(JB, f, B[:, 0], B)
+            g = optax.tree.cast_like(unravel(aux.g), x)
+            return Evaluation(x, cost, g, aux=aux, fun_aux=(r, None))
         p = self.parts(x, args)
-        g = optax.tree.cast_like(ravel(x)[1](p.J.T @ p.f), x)
-        return Evaluation(x, p.cost, g, aux=(p.J, p.f), fun_aux=(p.residuals, p.J))
+        aux = LsqAux(p.J, p.f, p.J.T @ p.f)
+        g = optax.tree.cast_like(unravel(aux.g), x)
+        return Evaluation(x, p.cost, g, aux=aux, fun_aux=(p.residuals, p.J))
 
     def value_and_grad(self, x: PyTree, args: tuple) -> tuple[jax.Array, PyTree]:
         """The cost and its gradient (what implicit differentiation differentiates)."""
@@ -715,34 +720,16 @@ def least_squares_batch(
       >>> jnp.round(res.x[:, 0], 6).tolist()
       [0.5, 1.0, 2.0]
     """
-    # The queue is minimize_batch's (``_batch``), run with this problem's static part.
-    from jaxopt_dict._batch import _batch_size, _normalize_args_axes, _solve_queue, _take
-
-    if lanes is not None and (
-        isinstance(lanes, (bool, np.bool_)) or not isinstance(lanes, (int, np.integer))
-    ):
-        raise TypeError(f"lanes must be a positive int (or None), got {lanes!r}.")
-    if lanes is not None and lanes < 1:
-        raise ValueError(f"lanes must be a positive int (or None), got {lanes!r}.")
-    if not isinstance(args, tuple):
-        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
-    if options and (options.get("disp") or options.get("trace")):
+    lanes, args_axes, one_problem = batch_layout(x0, args, lanes, args_axes)
+    if isinstance(options, Mapping) and (options.get("disp") or options.get("trace")):
         raise ValueError(
             "least_squares_batch does not take disp or trace; use jax.vmap(least_squares)."
         )
-    args_axes = _normalize_args_axes(args_axes, len(args))
-    if not jax.tree.leaves(x0):
-        raise ValueError("x0 has no array leaves: there is nothing to optimize.")
-    n_problems = _batch_size(x0, args, args_axes)
-    lanes = min(n_problems, 256 if lanes is None else int(lanes))
-    one_problem = tuple(_take(a, 0) if axis == 0 else a for a, axis in zip(args, args_axes))
     static, _, solve_args, dynamic, box = prepare_least_squares(
         fun, _take(x0, 0), one_problem, method, jac, bounds, loss, f_scale, x_scale, tol,
         options, None, {},
     )  # fmt: skip
-    # f_scale and the arrays fun/jac hold lead the args; they are shared by all problems.
-    hidden = len(solve_args) - len(one_problem)
-    args, args_axes = solve_args[:hidden] + args, (None,) * hidden + args_axes
+    args, args_axes = with_hidden_args(solve_args, one_problem, args, args_axes)
     x0 = jax.vmap(strictly_inside, in_axes=(0, None))(canonicalize_x0(x0), box)
     res = _solve_queue((static, lanes, args_axes), x0, args, dynamic, box)
     return jax.vmap(least_squares_result, in_axes=(0, None, None))(res, box, dynamic)

@@ -25,6 +25,27 @@ from jaxopt_dict._result import RUNNING, Status
 from jaxopt_dict._tree import vary_over_manual_axes
 
 
+class LsqAux(NamedTuple):
+    """What one evaluation hands a least-squares step (``Evaluation.aux``), flat, in x's
+    and the residuals' promoted dtype."""
+
+    J: jax.Array  # the Jacobian, m x n, rows scaled for the loss; matrix-free: J B (m x 2)
+    f: jax.Array  # the residuals, scaled for the loss
+    g: jax.Array  # the cost's gradient J^T f
+    B: jax.Array | None = None  # matrix-free: [g, p] (n x 2), p the Gauss-Newton direction
+
+
+def init_from_step(step: Any) -> Any:
+    """``Stepper.init`` of a step that starts the solve itself (``Stepper.step_starts``):
+    its first-trip result, from no state (the step builds a placeholder)."""
+
+    def init(ev: Any, box: Any) -> tuple[Any, Any]:
+        state, trial, _ = step(None, ev, box, jnp.asarray(True))
+        return state, trial
+
+    return init
+
+
 def resolvable(tol: jax.Array, x: Any) -> jax.Array:
     """A relative tolerance on x floored at what x's least precise leaf resolves (its
     eps; the SPEC's float32 floor), unless it is 0 (the test turned off)."""

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, Status
 from jaxopt_dict._tree import ravel, vary_over_manual_axes
-from jaxopt_dict.lsq_methods._common import factorize, resolvable, safe_div
+from jaxopt_dict.lsq_methods._common import factorize, init_from_step, resolvable, safe_div
 
 _ARMIJO = 1e-4
 
@@ -43,15 +43,10 @@ def make(opts: Mapping[str, Any]) -> Stepper:
     ftol, xtol, gtol = opts["ftol"], opts["xtol"], opts["gtol"]
     maxls = opts["maxls"]
 
-    def init(ev: Evaluation, box: Box | None):
-        state, trial, _ = step(None, ev, box, jnp.asarray(True))
-        return state, trial
-
     def step(state: GaussNewtonState | None, ev: Evaluation, box: Box | None, first):
         del box  # no bounds (the front door refuses them)
         x_new, unravel = ravel(ev.x)
-        matvec = len(ev.aux) == 3  # options["jac"] = "matvec": (J B, f, B), B = [g, p_gn]
-        J_new, f_new = ev.aux[:2]
+        J_new, f_new, g_new, B = ev.aux  # B = [g, p_GN] matrix-free, else None
         m, n = J_new.shape[0], x_new.size
         dtype = J_new.dtype  # x's and the residuals' promoted dtype
         x_new = x_new.astype(dtype)
@@ -79,7 +74,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
 
         pick = lambda new, old: jnp.where(new_point, new, old)
         x, cost = pick(x_new, state.x), pick(cost_new, state.cost)
-        g = pick(ev.aux[2][:, 0] if matvec else J_new.T @ f_new, state.g)
+        g = pick(g_new, state.g)
         stop = jnp.where(new_point & (jnp.max(jnp.abs(g)) < gtol), Status.CONVERGED, stop)
 
         def direction():
@@ -87,12 +82,14 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             kept = s > jnp.finfo(dtype).eps * max(m, n) * s[0]
             return -V @ jnp.where(kept, safe_div(uf, s), 0)
 
-        if matvec:  # conjugate gradients found it with the evaluation
-            d = pick(ev.aux[2][:, 1], state.direction)
+        if B is not None:  # conjugate gradients found it with the evaluation
+            d = pick(B[:, 1], state.direction)
         else:
             d = jax.lax.cond(new_point, direction, lambda: state.direction)
         t = jnp.where(new_point, 1.0, 0.5 * state.t)
         new_state = GaussNewtonState(x, cost, g, d, t.astype(dtype), g @ d, trials)
         return new_state, unravel(x + t * d), StepOutcome(accepted, failed, stop=stop)
 
-    return Stepper(init, step, step_starts=True, rejects_nonfinite=True, own_stopping=True)
+    return Stepper(
+        init_from_step(step), step, step_starts=True, rejects_nonfinite=True, own_stopping=True
+    )

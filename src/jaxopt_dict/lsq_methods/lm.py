@@ -27,14 +27,19 @@ import jax.numpy as jnp
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, Status
 from jaxopt_dict._tree import ravel, vary_over_manual_axes
-from jaxopt_dict.lsq_methods._common import Factors, factorize, resolvable, safe_div
+from jaxopt_dict.lsq_methods._common import (
+    Factors,
+    factorize,
+    init_from_step,
+    resolvable,
+    safe_div,
+)
 
 _FACTOR = 100.0  # MINPACK's initial step bound factor (scipy passes 100)
 
 
 class LmState(NamedTuple):
     x: jax.Array
-    f: jax.Array
     J: jax.Array
     fnorm: jax.Array
     diag: jax.Array  # D: scales of the variables
@@ -105,14 +110,10 @@ def make(opts: Mapping[str, Any]) -> Stepper:
     ftol, xtol, gtol = opts["ftol"], opts["xtol"], opts["gtol"]
     scale_by_jac = opts["x_scale_jac"]
 
-    def init(ev: Evaluation, box: Box | None):
-        state, trial, _ = step(None, ev, box, jnp.asarray(True))
-        return state, trial
-
     def step(state: LmState | None, ev: Evaluation, box: Box | None, first):
         del box  # "lm" takes no bounds (the front door refuses them)
         x_new, unravel = ravel(ev.x)
-        J_new, f_new = ev.aux
+        J_new, f_new, g_new = ev.aux.J, ev.aux.f, ev.aux.g
         m, n = J_new.shape
         dtype = J_new.dtype  # x's and the residuals' promoted dtype
         x_new = x_new.astype(dtype)
@@ -152,9 +153,11 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         stop = jnp.where(first, RUNNING, stop)
 
         pick = lambda new, old: jnp.where(new_point, new, old)
-        x, f, J = pick(x_new, state.x), pick(f_new, state.f), pick(J_new, state.J)
+        x, J = pick(x_new, state.x), pick(J_new, state.J)
         fnorm = pick(fnorm1, state.fnorm)
-        norms = jnp.sqrt(jnp.sum(J**2, axis=0))
+        # The trial's column norms: read only where it is the new iterate (the first trip
+        # or an accepted step), as everything computed from J_new, f_new and g_new below.
+        norms = jnp.sqrt(jnp.sum(J_new**2, axis=0))
         if scale_by_jac:
             diag0 = jnp.where(norms == 0, 1.0, norms)
         else:
@@ -168,14 +171,16 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         first_iteration = first | state.first_iteration & ~accepted
 
         # gtol: the largest cosine between f and a column of J, at a new iterate.
-        cosines = safe_div(jnp.abs(J.T @ f), norms * fnorm)
+        cosines = safe_div(jnp.abs(g_new), norms * fnorm1)
         stop = jnp.where(
             (stop == RUNNING) & new_point & (jnp.max(cosines) <= gtol), Status.CONVERGED, stop
         )
         if scale_by_jac:
             diag = pick(jnp.maximum(diag, norms), diag)
 
-        factors = jax.lax.cond(new_point, lambda: factorize(J / diag, f), lambda: state.factors)
+        factors = jax.lax.cond(
+            new_point, lambda: factorize(J_new / diag, f_new), lambda: state.factors
+        )
         par, z = lmpar(factors, delta, par, m)
         p = z / diag
         pnorm = jnp.linalg.norm(z)
@@ -184,7 +189,6 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         temp2 = safe_div(jnp.sqrt(par) * pnorm, fnorm)
         new_state = LmState(
             x=x,
-            f=f,
             J=J,
             fnorm=fnorm,
             diag=diag,
@@ -199,7 +203,9 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         )
         return new_state, unravel(x + p), StepOutcome(accepted=accepted, stop=stop)
 
-    return Stepper(init, step, step_starts=True, rejects_nonfinite=True, own_stopping=True)
+    return Stepper(
+        init_from_step(step), step, step_starts=True, rejects_nonfinite=True, own_stopping=True
+    )
 
 
 def _placeholder(m: int, n: int, dtype) -> LmState:
@@ -207,7 +213,6 @@ def _placeholder(m: int, n: int, dtype) -> LmState:
     k = min(m, n)
     return LmState(
         x=jnp.zeros(n, dtype),
-        f=jnp.zeros(m, dtype),
         J=jnp.zeros((m, n), dtype),
         fnorm=zero,
         diag=jnp.ones(n, dtype),

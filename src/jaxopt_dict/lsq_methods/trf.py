@@ -29,10 +29,12 @@ from jaxopt_dict._result import RUNNING, Status
 from jaxopt_dict._tree import ravel, vary_over_manual_axes
 from jaxopt_dict.lsq_methods._common import (
     Factors,
+    LsqAux,
     check_termination,
     cl_scaling,
     evaluate_quadratic,
     factorize,
+    init_from_step,
     jac_scale,
     make_strictly_feasible,
     resolvable,
@@ -47,7 +49,6 @@ from jaxopt_dict.lsq_methods._common import (
 class TrfState(NamedTuple):
     x: jax.Array  # the iterate, flat
     cost: jax.Array
-    f: jax.Array  # residuals scaled for the loss (scipy's scale_for_robust_loss_function)
     J: jax.Array  # their Jacobian, m x n
     g: jax.Array  # the cost's gradient, J^T f
     scale_inv: jax.Array  # 1 / x_scale (x_scale="jac": the Jacobian's column norms)
@@ -81,21 +82,15 @@ def make(opts: Mapping[str, Any]) -> Stepper:
     ftol, xtol, gtol = opts["ftol"], opts["xtol"], opts["gtol"]
     scale_by_jac = opts["x_scale_jac"]
 
-    def init(ev: Evaluation, box: Box | None):
-        state, trial, _ = step(None, ev, box, jnp.asarray(True))
-        return state, trial
-
     def step(state: TrfState | None, ev: Evaluation, box: Box | None, first):
         x_new, unravel = ravel(ev.x)
-        matvec = len(ev.aux) == 3  # options["jac"] = "matvec": (J B, f, B), no J
-        if matvec:
-            JB, f_new, B = ev.aux
-            g_new = B[:, 0]
-            basis_new, J_new = subspace(JB, B)
+        aux: LsqAux = ev.aux
+        matvec = aux.B is not None  # options["jac"] = "matvec": J B, no J
+        f_new, g_new = aux.f, aux.g
+        if aux.B is not None:
+            basis_new, J_new = subspace(aux.J, aux.B)
         else:
-            J_new, f_new = ev.aux
-            g_new = J_new.T @ f_new
-            basis_new = None
+            J_new, basis_new = aux.J, None
         m, k = J_new.shape
         n = x_new.size
         dtype = J_new.dtype  # x's and the residuals' promoted dtype
@@ -135,7 +130,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
 
         pick = lambda new, old: jnp.where(new_point, new, old)
         x, cost = pick(x_new, state.x), pick(cost_new, state.cost)
-        f, J = pick(f_new, state.f), pick(J_new, state.J)
+        J = pick(J_new, state.J)
         g = pick(g_new, state.g)
         basis = None if basis_new is None else pick(basis_new, state.basis)
         if scale_by_jac:
@@ -162,11 +157,11 @@ def make(opts: Mapping[str, Any]) -> Stepper:
 
         J_h = J if matvec else J * d  # matrix-free: x_scale is 1 (the front door says)
         if box_flat is None:
-            augmented, rhs = J_h, f
+            augmented, rhs = J_h, f_new  # (factorized at a new iterate only)
         else:
             assert diag_h is not None
             augmented = jnp.concatenate([J_h, jnp.diag(jnp.sqrt(diag_h))])
-            rhs = jnp.concatenate([f, jnp.zeros(n, dtype)])
+            rhs = jnp.concatenate([f_new, jnp.zeros(n, dtype)])
         factors = jax.lax.cond(new_point, lambda: factorize(augmented, rhs), lambda: state.factors)
         theta = pick(jnp.maximum(0.995, 1 - g_norm), state.theta)
 
@@ -189,7 +184,6 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         new_state = TrfState(
             x=x,
             cost=cost,
-            f=f,
             J=J,
             g=g,
             scale_inv=scale_inv,
@@ -214,7 +208,9 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             )
         return new_state, trial_tree, StepOutcome(accepted=accepted, stop=stop)
 
-    return Stepper(init, step, step_starts=True, rejects_nonfinite=True, own_stopping=True)
+    return Stepper(
+        init_from_step(step), step, step_starts=True, rejects_nonfinite=True, own_stopping=True
+    )
 
 
 def _placeholder(m: int, n: int, k: int, dtype, bounded: bool, matvec: bool) -> TrfState:
@@ -224,7 +220,6 @@ def _placeholder(m: int, n: int, k: int, dtype, bounded: bool, matvec: bool) -> 
     return TrfState(
         x=jnp.zeros(n, dtype),
         cost=zero,
-        f=jnp.zeros(m, dtype),
         J=jnp.zeros((m, k), dtype),
         g=jnp.zeros(n, dtype),
         scale_inv=jnp.ones(n, dtype),
