@@ -814,6 +814,14 @@ def main(argv=None):
         throughput = bench_throughput(cfg["batches"], cfg["repeats"], HOST_FITS)
     if "c" in args.sections:
         compile_rows = bench_compile(cfg["compile_repeats"])
+    saved_path = os.path.join(RESULTS, f"least_squares{suffix}.json")
+    if args.sections != "zvc" and os.path.exists(saved_path):
+        # A partial run keeps the sections it did not run from the saved results.
+        with open(saved_path) as fh:
+            saved = json.load(fh)
+        zoo = saved["zoo"] if zoo is None else zoo
+        throughput = saved["throughput"] if throughput is None else throughput
+        compile_rows = saved["compile"] if compile_rows is None else compile_rows
     command = " ".join(["python benchmarks/least_squares.py", *(argv or sys.argv[1:])])
     meta = {
         "title": "# least_squares: jaxopt_dict against scipy, optimistix and jaxopt (CPU)",

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxopt_dict as jd
+from jaxopt_dict import _programs
 
 
 def least_squares(x, a, b):
@@ -87,8 +88,36 @@ def main() -> int:
     per_device = lambda t: t.reshape((8, batch // 8) + t.shape[1:])
     pmapped = jax.pmap(solve)(*jax.tree.map(per_device, (x0, a, b)))
     np.testing.assert_allclose(pmapped.x["w"].reshape(batch, n), ref.x["w"], rtol=1e-10, atol=1e-12)
+    if method == "Newton":
+        check_large_vmap(mesh, sharding, spec, solve)
     print(f"sharded solve ok: 8 devices, {batch} problems, nit max {int(res.nit.max())}")
     return 0
+
+
+def check_large_vmap(mesh, sharding, spec, solve) -> None:
+    """More than 256 problems per device: a vmapped solve inside ``shard_map`` runs each
+    device's queue (``_programs._vmap_rule``), and under a plain ``jit`` over the mesh it
+    batches plainly, keeping the batch sharded; both equal the unsharded solve."""
+    batch, m, n = 8 * 260, 12, 4
+    a = jax.random.normal(jax.random.PRNGKey(2), (batch, m, n))
+    b = jax.random.normal(jax.random.PRNGKey(3), (batch, m))
+    x0 = {"w": jax.random.normal(jax.random.PRNGKey(4), (batch, n))}
+    ref = jd.minimize_batch(least_squares, x0, args=(a, b), method="Newton")
+    args = jax.device_put((x0, a, b), sharding)
+    queues = []
+    queue = _programs._solve_queue_impl
+    _programs._solve_queue_impl = lambda *a, **k: queues.append(a[0][1]) or queue(*a, **k)
+    try:
+        plain = jax.jit(solve)(*args)
+        assert queues == [], queues
+        assert plain.nit.sharding.is_equivalent_to(sharding, 1), plain.nit.sharding
+        routed = jax.jit(jax.shard_map(solve, mesh=mesh, in_specs=spec, out_specs=spec))(*args)
+        assert queues == [256], queues  # each device's 260 problems, 256 lanes
+    finally:
+        _programs._solve_queue_impl = queue
+    for res in (plain, routed):
+        np.testing.assert_allclose(res.x["w"], ref.x["w"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(res.nit, ref.nit)
 
 
 if __name__ == "__main__":

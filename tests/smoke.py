@@ -150,6 +150,20 @@ def grad_with_active_bound():
     np.testing.assert_allclose(jax.grad(total)(a), [0.0, 0.5, 0.0], atol=1e-6)
 
 
+def large_vmap_and_its_gradient():
+    # 300 problems: jax.vmap(minimize) runs the queue (custom_vmap), each result its own,
+    # and the gradient through it is each problem's implicit one: x* = log(a), dx*/da = 1/a.
+    def fun(x, a):
+        return jnp.sum(jnp.exp(x) - a * x)
+
+    a = jnp.linspace(0.5, 4.0, 600).reshape(300, 2)
+    one = lambda a: jd.minimize(fun, jnp.zeros(2), (a,), "L-BFGS-B", tol=1e-12).x
+    xs = jax.jit(jax.vmap(one))(a)
+    np.testing.assert_allclose(np.asarray(xs), np.log(np.asarray(a)), atol=1e-7)
+    grad = jax.grad(lambda a: jnp.sum(jax.vmap(one)(a)))(a)
+    np.testing.assert_allclose(np.asarray(grad), 1.0 / np.asarray(a), rtol=1e-6)
+
+
 def minimize_batch():
     centers = jnp.arange(10.0).reshape(5, 2)
     res = jd.minimize_batch(
@@ -233,6 +247,7 @@ CHECKS = [
     vmap_batch,
     grad_through_solve,
     grad_with_active_bound,
+    large_vmap_and_its_gradient,
     minimize_batch,
     in_shard_map,
     float32_solve,

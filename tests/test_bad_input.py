@@ -22,7 +22,7 @@ def no_solve(monkeypatch, compile_log):
     def _solve(*args, **kwargs):
         raise AssertionError("the solve was reached: the bad input was not caught first")
 
-    monkeypatch.setattr(jaxopt_dict._minimize, "_solve", _solve)
+    monkeypatch.setattr(jaxopt_dict._minimize, "solve", _solve)
     yield
     assert not [name for name in compile_log.names if "solve" in name], compile_log.names
 

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxopt_dict._batch import _solve_queue, _take, batch_layout, with_hidden_args
+from jaxopt_dict._batch import batch_layout, with_hidden_args
 from jaxopt_dict._method import Box, Evaluation
-from jaxopt_dict._minimize import SolveStatic, solve_reporting_errors
+from jaxopt_dict._minimize import solve_reporting_errors
 from jaxopt_dict._options import Option, resolve_options, split_static
 from jaxopt_dict._problem import (
     Objective,
@@ -30,6 +30,7 @@ from jaxopt_dict._problem import (
     canonicalize_x0,
     make_objective,
 )
+from jaxopt_dict._programs import SolveStatic, solve_queue, take_row
 from jaxopt_dict._progress import require_tqdm
 from jaxopt_dict._result import OptimizeResult
 from jaxopt_dict._tree import ravel
@@ -726,12 +727,12 @@ def least_squares_batch(
             "least_squares_batch does not take disp or trace; use jax.vmap(least_squares)."
         )
     static, _, solve_args, dynamic, box = prepare_least_squares(
-        fun, _take(x0, 0), one_problem, method, jac, bounds, loss, f_scale, x_scale, tol,
+        fun, take_row(x0, 0), one_problem, method, jac, bounds, loss, f_scale, x_scale, tol,
         options, None, {},
     )  # fmt: skip
     args, args_axes = with_hidden_args(solve_args, one_problem, args, args_axes)
     x0 = jax.vmap(strictly_inside, in_axes=(0, None))(canonicalize_x0(x0), box)
-    res = _solve_queue((static, lanes, args_axes), x0, args, dynamic, box)
+    res = solve_queue((static, lanes, args_axes), x0, args, dynamic, box)
     return jax.vmap(least_squares_result, in_axes=(0, None, None))(res, box, dynamic)
 
 

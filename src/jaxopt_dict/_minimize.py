@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.core
@@ -12,23 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxopt_dict._compile import jit
-from jaxopt_dict._implicit import with_implicit_diff
-from jaxopt_dict._loop import (
-    NO_CALLBACK_TOKEN,
-    LoopConfig,
-    new_callback_token,
-    pop_callback_error,
-    run,
-)
+from jaxopt_dict._loop import NO_CALLBACK_TOKEN, new_callback_token, pop_callback_error
 from jaxopt_dict._method import Box, Method
 from jaxopt_dict._options import Option, common_options, resolve_options, split_static
 from jaxopt_dict._problem import (
-    Objective,
     canonicalize_bounds,
     canonicalize_x0,
     make_objective,
 )
+from jaxopt_dict._programs import SolveStatic, solve
 from jaxopt_dict._progress import require_tqdm
 from jaxopt_dict._result import OptimizeResult
 from jaxopt_dict.methods import method_names, methods_with_bounds, resolve_method
@@ -41,100 +32,6 @@ def option_specs(method: Method) -> tuple[Option, ...]:
     own = {spec.name for spec in method.options}
     common = tuple(s for s in common_options(method.default_maxiter) if s.name not in own)
     return method.options + common
-
-
-@functools.partial(jax.jit, static_argnums=0, static_argnames="hessian")
-def evaluate_objective(objective: Objective, x: PyTree, args: tuple, hessian: bool):
-    # A jit (inlined by XLA) so the loop's ``jax.eval_shape`` of an evaluation and the
-    # evaluation in its body share one trace: a user's fun is traced once per compiled
-    # solve, not once per site.
-    return objective.evaluate(x, args, hessian)
-
-
-def _run(
-    static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None, unrolled_trips: int | None
-) -> OptimizeResult:
-    method, objective, static_opts, callback = static
-    opts = {**dict(static_opts), **dynamic}
-    stepper = method.make(opts)
-    evaluate = functools.partial(
-        evaluate_objective, objective, args=args, hessian=method.needs_hessian
-    )
-    config = LoopConfig(
-        maxiter=opts["maxiter"],
-        disp=opts["disp"],
-        trace=opts["trace"],
-        callback=callback,
-        unrolled_trips=unrolled_trips,
-        progress=opts["progress"],
-    )
-    return run(stepper, evaluate, x0, box, opts, config)
-
-
-def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None):
-    return _run(static, x0, args, dynamic, box, None)
-
-
-# One compiled program per (method, fun, static options, callback); differentiable in args
-# and bounds by implicit differentiation at the solution (``_implicit.py``).
-_solve_implicit = jit(
-    with_implicit_diff(
-        _solve_impl,
-        lambda static: static.objective.value_and_grad,
-        aux_of=lambda static: static.objective.aux,
-        active_of=lambda static: getattr(static.objective, "active_masks", None),
-    ),
-    static_argnums=0,
-)
-
-
-# ``adjoint="unrolled"``: plain autodiff through a bounded, checkpointed loop
-# (``_loop.checkpointed_loop``); the key adds the bound on its trips.
-_solve_unrolled = jit(
-    lambda key, x0, args, dynamic, box: _run(key[0], x0, args, dynamic, box, key[1]),
-    static_argnums=0,
-)
-
-
-def unrolled_trips(static: SolveStatic, dynamic: Mapping[str, Any]) -> int:
-    """The static bound on the trips of an unrolled solve: ``maxfun`` (one evaluation per
-    trip), and ``maxiter + 1`` for a method with one evaluation per iteration (no line
-    search).
-
-    Raises:
-      ValueError: a callback, ``disp`` or ``progress`` given (the checkpointed reverse
-        pass runs iterations again, which would report them again).
-    """
-    opts = dict(static.options)
-    if static.callback is not None or opts["disp"] or opts["progress"]:
-        raise ValueError(
-            "options['adjoint']='unrolled' does not take a callback or disp (nor progress): "
-            "its reverse pass recomputes iterations (checkpointing), which would report "
-            "them again."
-        )
-    trips = opts["maxfun"]  # static under this adjoint (``prepare_solve``)
-    if not static.method.make({**opts, **dynamic}).rejects_nonfinite:  # no line search
-        trips = min(trips, opts["maxiter"] + 1)
-    return trips
-
-
-def _solve(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None) -> OptimizeResult:
-    """The compiled solve for ``static``'s adjoint (``options["adjoint"]``)."""
-    if dict(static.options)["adjoint"] == "unrolled":
-        trips = unrolled_trips(static, dynamic)
-        return _solve_unrolled((static, trips), x0, args, dynamic, box)
-    return _solve_implicit(static, x0, args, dynamic, box)
-
-
-class SolveStatic(NamedTuple):
-    """Everything that keys the compiled program (hashable)."""
-
-    method: Method
-    # An ``Objective``, or what offers its interface (``evaluate``, ``value_and_grad``,
-    # ``aux``): PG's (``Method.prepare``), least squares' (``_least_squares``).
-    objective: Objective | Any
-    options: tuple[tuple[str, Any], ...]
-    callback: Callable[[OptimizeResult], Any] | None
 
 
 # scipy options that cannot mean anything here: gradients are JAX's, exact.
@@ -316,7 +213,7 @@ def solve_reporting_errors(
     """The compiled solve; an exception the callback raised reaches the caller as itself
     where the program runs now (outside a user's jit)."""
     if static.callback is None:
-        return _solve(static, x0, args, dynamic, box)
+        return solve(static, x0, args, dynamic, box)
     # Outside a user's jit the program runs now, so an exception the callback raises can
     # reach the caller as itself: the callback keeps it and stops the solve (``_loop``).
     # (Under a user's vmap or grad outside jit it runs now too: over concrete values.)
@@ -324,7 +221,7 @@ def solve_reporting_errors(
     token = new_callback_token() if runs_now else NO_CALLBACK_TOKEN
     dynamic["callback_token"] = jnp.asarray(token, jnp.int32)
     try:
-        res = _solve(static, x0, args, dynamic, box)
+        res = solve(static, x0, args, dynamic, box)
         if runs_now:
             jax.block_until_ready(_values_if_run_now(res))
     finally:

@@ -1,0 +1,169 @@
+"""``jax.vmap`` of ``minimize`` and ``least_squares`` runs the queue (continuous batching)
+where that gives every problem its own result, and plain batching otherwise
+(``_programs._vmap_rule``)."""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxopt_dict as jd
+from jaxopt_dict import _programs
+
+B = 300  # more problems than the queue's default lanes (256): the queue refills
+assert B > _programs.DEFAULT_LANES
+
+STARTS = np.random.default_rng(5).uniform(-2.0, 2.0, (B, 2))
+
+
+@pytest.fixture
+def queue_runs(monkeypatch):
+    """The number of times the vmap rule chose the queue, counted at trace time.
+
+    Each test defines its own objective: a compiled program (and its batched form) is
+    cached per objective, and a cached one is not traced again."""
+    calls = []
+    queue = _programs._solve_queue_impl
+
+    def counted(*args, **kwargs):
+        calls.append(args[0][1:])  # (lanes, args_axes)
+        return queue(*args, **kwargs)
+
+    monkeypatch.setattr(_programs, "_solve_queue_impl", counted)
+    return calls
+
+
+def _take(tree, i):
+    return jax.tree.map(lambda v: v[i], tree)
+
+
+def test_vmap_over_starts_runs_the_queue_with_each_result_its_own(queue_runs):
+    def rosenbrock(x):
+        return 100.0 * (x["b"] - x["a"] ** 2) ** 2 + (1.0 - x["a"]) ** 2
+
+    x0 = {"a": jnp.asarray(STARTS[:, 0]), "b": jnp.asarray(STARTS[:, 1])}
+    res = jax.jit(jax.vmap(lambda x: jd.minimize(rosenbrock, x)))(x0)
+    assert queue_runs == [(256, ())]
+    assert res.nit.shape == (B,) and bool(res.success.all())
+    # The queue took problems in turn: their iteration counts differ, as they would alone.
+    assert int(res.nit.max()) > int(res.nit.min())
+    batch = jd.minimize_batch(rosenbrock, x0)
+    for field in ("nit", "nfev", "status"):
+        np.testing.assert_array_equal(getattr(res, field), getattr(batch, field))
+    chex.assert_trees_all_close(res.x, batch.x, rtol=1e-12)
+    for i in (0, 1, 257, B - 1):  # first-wave lanes and refilled ones
+        alone = jd.minimize(rosenbrock, _take(x0, i))
+        assert int(res.nit[i]) == int(alone.nit) and int(res.nfev[i]) == int(alone.nfev)
+        chex.assert_trees_all_close(_take(res.x, i), alone.x, rtol=1e-9)
+
+
+def _centers():
+    return jnp.asarray(np.random.default_rng(6).normal(size=(B, 3)) * 2.0)
+
+
+def test_vmap_over_one_arg_shares_the_start_and_the_other_args(queue_runs):
+    def quartic(x, center, scale):
+        return 0.5 * jnp.sum(scale * (x - center) ** 2) + 0.1 * jnp.sum(x**4)
+
+    centers, scale, x0 = _centers(), jnp.asarray([1.0, 2.0, 3.0]), jnp.zeros(3)
+    solve = jax.vmap(lambda c: jd.minimize(quartic, x0, args=(c, scale), method="L-BFGS"))
+    res = solve(centers)
+    assert queue_runs == [(256, (0, None))]
+    batch = jd.minimize_batch(
+        quartic, jnp.zeros((B, 3)), args=(centers, scale), args_axes=(0, None), method="L-BFGS"
+    )
+    np.testing.assert_array_equal(res.nit, batch.nit)
+    chex.assert_trees_all_close(res.x, batch.x, rtol=1e-12)
+    # Each a stationary point (L-BFGS stops on gtol = 1e-5 or on scipy's ftol).
+    assert bool(res.success.all())
+    grads = jax.vmap(jax.grad(quartic), in_axes=(0, 0, None))(res.x, centers, scale)
+    assert float(jnp.max(jnp.abs(grads))) < 1e-3
+
+
+def test_gradients_through_a_routed_vmap_are_each_problems_own(queue_runs):
+    def quartic(x, center):
+        return 0.5 * jnp.sum((x - center) ** 2) + 0.25 * jnp.sum(x**4)
+
+    centers = _centers()
+
+    def total(centers):
+        xs = jax.vmap(lambda c: jd.minimize(quartic, jnp.zeros(3), args=(c,)).x)(centers)
+        return jnp.sum(jnp.sin(xs))
+
+    grad = jax.jit(jax.grad(total))(centers)
+    assert len(queue_runs) >= 1 and all(run == (256, (0,)) for run in queue_runs)
+    for i in (0, 200, B - 1):
+        alone = jax.grad(
+            lambda c: jnp.sum(jnp.sin(jd.minimize(quartic, jnp.zeros(3), args=(c,)).x))
+        )(centers[i])
+        np.testing.assert_allclose(grad[i], alone, rtol=1e-7, atol=1e-10)
+        # and against the closed form: x + x^3 = c, so dx/dc = 1 / (1 + 3 x^2)
+        x = jd.minimize(quartic, jnp.zeros(3), args=(centers[i],)).x
+        np.testing.assert_allclose(grad[i], jnp.cos(x) / (1.0 + 3.0 * x**2), rtol=1e-6)
+
+
+def _paraboloid(x, c):
+    return jnp.sum((x - c) ** 2) + jnp.sum(x**4)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["few problems", "batched option", "batched bounds", "trace"],
+)
+def test_plain_batching_where_the_queue_would_not_give_the_same_results(queue_runs, case):
+    centers = _centers()
+    n = 40 if case == "few problems" else B
+    x0 = jnp.zeros(3)
+
+    def one(c, g, lo):
+        options = {"gtol": g, "trace": case == "trace", "maxiter": 60}
+        return jd.minimize(_paraboloid, x0, args=(c,), bounds=(lo, 10.0), options=options)
+
+    gtols = jnp.where(jnp.arange(n) % 2 == 0, 1e-3, 1e-9)
+    lows = jnp.where(jnp.arange(n) % 3 == 0, 0.5, -10.0)
+    in_axes = (
+        0,
+        0 if case == "batched option" else None,
+        0 if case == "batched bounds" else None,
+    )
+    gtol = gtols if case == "batched option" else jnp.asarray(1e-6)
+    low = lows if case == "batched bounds" else jnp.asarray(-10.0)
+    res = jax.vmap(one, in_axes=in_axes)(centers[:n], gtol, low)
+    assert queue_runs == []
+    for i in (0, 1, 3, n - 1):
+        alone = one(
+            centers[i],
+            gtol[i] if in_axes[1] == 0 else gtol,
+            low[i] if in_axes[2] == 0 else low,
+        )
+        assert int(res.nit[i]) == int(alone.nit)
+        np.testing.assert_allclose(res.x[i], alone.x, rtol=1e-10)
+
+
+def test_vmap_of_least_squares_runs_the_queue(queue_runs):
+    t = jnp.linspace(0.0, 5.0, 30)
+    rng = np.random.default_rng(7)
+    a, k = rng.uniform(0.5, 2.0, (B, 1)), rng.uniform(0.2, 2.0, (B, 1))
+    ys = jnp.asarray(a * np.exp(-k * np.asarray(t)) + 0.01 * rng.normal(size=(B, 30)))
+
+    def decay(p, t, y):
+        return p[0] * jnp.exp(-p[1] * t) - y
+
+    x0 = jnp.asarray([1.0, 1.0])
+    res = jax.jit(jax.vmap(lambda y: jd.least_squares(decay, x0, args=(t, y))))(ys)
+    # (least squares' hidden leading arg, f_scale, is shared too)
+    assert len(queue_runs) == 1 and queue_runs[0][1][-2:] == (None, 0)
+    batch = jd.least_squares_batch(
+        decay, jnp.broadcast_to(x0, (B, 2)), args=(t, ys), args_axes=(None, 0)
+    )
+    np.testing.assert_array_equal(res.nfev, batch.nfev)
+    chex.assert_trees_all_close(res.x, batch.x, rtol=1e-12)
+    for i in (0, 280):
+        alone = jd.least_squares(decay, x0, args=(t, ys[i]))
+        assert int(res.nfev[i]) == int(alone.nfev)
+        np.testing.assert_allclose(res.x[i], alone.x, rtol=1e-9)
+        np.testing.assert_allclose(res.cost[i], alone.cost, rtol=1e-12)
