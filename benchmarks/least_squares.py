@@ -683,9 +683,10 @@ def throughput_lines(rows) -> list[str]:
         f"{HOST_FITS}, within 1e-6 of scipy's trf. *vs best peer*: fits/s over the fastest "
         "vmapped peer reaching the best cost on >= 99% of the fits (if none does, the "
         "most successful). evals: ours nfev, optimistix num_steps, jaxopt iter_num; mean "
-        "(max). *µs / fit / trip* (vmapped rows): median time / (B x max(evals)), the cost "
-        "of one trip of the loop per fit, as a vmapped loop runs max(evals) trips on every "
-        "fit (`least_squares_batch` has no exact trip count, so no figure). Rows are timed "
+        "(max). *µs / fit / trip* (peers' vmapped rows): median time / (B x max(evals)), "
+        "the cost of one trip of the loop per fit, as a vmapped loop runs max(evals) trips "
+        "on every fit (ours, vmapped or not, run the queue, which has no exact trip count, "
+        "so no figure). Rows are timed "
         "round-robin after a warm-up call; a call slower than 2 s ends a row's repeats "
         "(`common.Measurement`), so slow rows have 1-2 timings. scipy (one fit at a time on the host) is given for scale only.\n"
     )
@@ -704,7 +705,7 @@ def throughput_lines(rows) -> list[str]:
         evals = f"{r['evals_mean']:.1f} ({r['evals_max']})" if "evals_mean" in r else "-"
         med = f"{r['median_s']:.3f}" if "median_s" in r else "-"
         trip = "-"
-        if "evals_max" in r and "least_squares_batch" not in r["solver"]:
+        if "evals_max" in r and not r["solver"].startswith("jaxopt_dict"):
             trip = f"{1e6 * r['median_s'] / (r['B'] * r['evals_max']):.2f}"
         comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
         L.append(
@@ -722,7 +723,10 @@ def throughput_lines(rows) -> list[str]:
     if checks:
         L.append(
             "`least_squares_batch` against `jax.vmap(least_squares)` with the same method "
-            "(the docs promise entry i equals the lone solve): " + "; ".join(checks) + ".\n"
+            "(a vmap of more fits than the lanes runs the same queue; "
+            "`tests/test_vmap_routing.py` checks fits against their lone solves): "
+            + "; ".join(checks)
+            + ".\n"
         )
     return L
 

@@ -13,7 +13,7 @@ import optax
 
 from jaxopt_dict._method import Method
 from jaxopt_dict._minimize import prepare_solve
-from jaxopt_dict._programs import DEFAULT_LANES, solve_queue, take_row
+from jaxopt_dict._programs import default_lanes, solve_queue, take_row
 from jaxopt_dict._result import OptimizeResult
 
 PyTree = Any
@@ -64,7 +64,7 @@ def minimize_batch(
       >>> jnp.round(res.x, 4).tolist()
       [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
     """
-    lanes, args_axes, one_problem = batch_layout(x0, args, lanes, args_axes)
+    lanes, args_axes, one_problem = batch_layout(x0, args, lanes, args_axes, default_lanes(False))
     static, _, solve_args, dynamic, box = prepare_solve(
         fun, take_row(x0, 0), one_problem, method, jac, bounds, tol, options, None, has_aux
     )
@@ -81,9 +81,10 @@ def minimize_batch(
 
 
 def batch_layout(
-    x0: PyTree, args: tuple, lanes: int | None, args_axes: Any
+    x0: PyTree, args: tuple, lanes: int | None, args_axes: Any, default: int
 ) -> tuple[int, tuple[int | None, ...], tuple]:
-    """Check a batch's inputs: ``(lanes, args_axes, one problem's args)``, lanes at most B.
+    """Check a batch's inputs: ``(lanes, args_axes, one problem's args)``, lanes at most B
+    (``default`` where none are given).
 
     Raises:
       TypeError: ``lanes`` not an int, ``args`` not a tuple.
@@ -100,7 +101,7 @@ def batch_layout(
     if not jax.tree.leaves(x0):
         raise ValueError("x0 has no array leaves: there is nothing to optimize.")
     n_problems = _batch_size(x0, args, args_axes)
-    lanes = min(n_problems, DEFAULT_LANES if lanes is None else int(lanes))
+    lanes = min(n_problems, default if lanes is None else int(lanes))
     one_problem = tuple(take_row(a, 0) if axis == 0 else a for a, axis in zip(args, args_axes))
     return lanes, args_axes, one_problem
 

@@ -68,9 +68,86 @@ class Factors(NamedTuple):
     V: jax.Array
 
 
+# Up to this many columns (and at least as many rows), ``factorize`` computes the SVD itself:
+# a Householder QR written out column by column, then one-sided Jacobi on the n x n triangle.
+# Every operation is elementwise or a short reduction, so a batch of small Jacobians (under
+# ``vmap``, in the queue) is one vectorized kernel per step, where LAPACK's gesdd is one
+# call per matrix: 3.5 us of the 4.4 us a trf trip costs per fit at B = 256 (30 x 3).
+SMALL_SVD_COLUMNS = 6
+_JACOBI_MAX_SWEEPS = 30  # typically 4-6 (the last one finds nothing left to rotate)
+
+
 def factorize(A: jax.Array, f: jax.Array) -> Factors:
-    U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
-    return Factors(U.T @ f, s, Vt.T)
+    """The SVD of ``A`` (m x n) as ``Factors``: ``uf = U^T f``, ``s`` descending, ``V``.
+
+    For n <= ``SMALL_SVD_COLUMNS`` and m >= n: ``A = Q R`` (Householder), then ``R``'s SVD by
+    one-sided Jacobi rotations (Hestenes 1958; Demmel & Veselic 1992, which shows the
+    QR-then-Jacobi order is as accurate as LAPACK's, and more for small singular values).
+    Otherwise LAPACK's (``jnp.linalg.svd``).
+    """
+    m, n = A.shape
+    if n > SMALL_SVD_COLUMNS or m < n:
+        U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
+        return Factors(U.T @ f, s, Vt.T)
+    R, qf = _householder_triangle(A, f)
+    return _jacobi_svd(R, qf)
+
+
+def _householder_triangle(A: jax.Array, f: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``R`` (n x n, upper triangular) of ``A = Q R`` and the first n entries of ``Q^T f``:
+    n Householder reflections applied to ``[A | f]`` (Golub & Van Loan, Alg. 5.2.1)."""
+    m, n = A.shape
+    M = jnp.concatenate([A, f[:, None]], axis=1)
+    rows = jnp.arange(m)
+    for k in range(n):
+        x = jnp.where(rows >= k, M[:, k], 0)
+        norm = jnp.linalg.norm(x)
+        alpha = jnp.where(M[k, k] >= 0, -norm, norm)  # the sign that avoids cancellation
+        v = x.at[k].add(-alpha)
+        two_over_vv = safe_div(jnp.ones_like(norm), norm * (norm + jnp.abs(M[k, k])))
+        M = M - jnp.outer(v, two_over_vv * (v @ M))
+    return jnp.triu(M[:n, :n]), M[:n, n]
+
+
+def _jacobi_svd(R: jax.Array, qf: jax.Array) -> Factors:
+    """``R = W V^T`` with W's columns orthogonal (one-sided Jacobi: rotate column pairs
+    until every pair is orthogonal to n eps), so ``s`` = W's column norms, ``U = W / s`` and
+    ``uf = U^T qf``; sorted by ``s`` descending, as LAPACK's. W and V are carried as lists
+    of columns: a rotation is then elementwise arithmetic, with no scatter."""
+    n = R.shape[0]
+    tol = n * jnp.finfo(R.dtype).eps
+    pairs = [(p, q) for p in range(n) for q in range(p + 1, n)]
+
+    def sweep(carry):
+        W, V, _, count = carry
+        W, V = list(W), list(V)
+        rotated = jnp.asarray(False)
+        for p, q in pairs:
+            a, b, g = jnp.sum(W[p] * W[p]), jnp.sum(W[q] * W[q]), jnp.sum(W[p] * W[q])
+            rotate = jnp.abs(g) > tol * jnp.sqrt(a) * jnp.sqrt(b)
+            # tan of the angle that makes the pair orthogonal, the smaller root (Golub &
+            # Van Loan, Alg. 8.5.1), written to stay finite where zeta is huge
+            zeta = safe_div(b - a, 2 * g)
+            t = jnp.where(zeta >= 0, 1.0, -1.0) / (jnp.abs(zeta) + jnp.hypot(1.0, zeta))
+            c = jnp.where(rotate, 1 / jnp.sqrt(1 + t * t), 1.0)
+            s = jnp.where(rotate, c * t, 0.0)
+            W[p], W[q] = c * W[p] - s * W[q], s * W[p] + c * W[q]
+            V[p], V[q] = c * V[p] - s * V[q], s * V[p] + c * V[q]
+            rotated = rotated | rotate
+        return tuple(W), tuple(V), rotated, count + 1
+
+    def more(carry):
+        return carry[2] & (carry[3] < _JACOBI_MAX_SWEEPS)
+
+    eye = jnp.eye(n, dtype=R.dtype)
+    columns = (tuple(R[:, j] for j in range(n)), tuple(eye[:, j] for j in range(n)))
+    carry = (*columns, jnp.asarray(True), jnp.asarray(0))
+    W, V, _, _ = jax.lax.while_loop(more, sweep, vary_over_manual_axes(carry))
+    W, V = jnp.stack(W, axis=1), jnp.stack(V, axis=1)
+    s = jnp.linalg.norm(W, axis=0)
+    uf = safe_div(W.T @ qf, s)
+    order = jnp.argsort(-s)
+    return Factors(uf[order], s[order], V[:, order])
 
 
 def subspace(JB: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
