@@ -29,6 +29,13 @@ def _check(A, f, uf, s, V, rtol):
     gradient = A.T @ f
     np.testing.assert_allclose(V @ (s * uf), gradient, atol=rtol * scale * np.linalg.norm(f))
     np.testing.assert_allclose(np.linalg.norm(A @ V, axis=0), s, atol=rtol * scale)
+    # V diagonalizes A^T A (the checks above hold for any orthogonal V): a Jacobi stopped
+    # early fails here, and the Gauss-Newton step then equals least squares' own.
+    np.testing.assert_allclose(V.T @ (A.T @ A) @ V, np.diag(s**2), atol=rtol * scale**2)
+    if s[-1] > 1e-6 * scale:
+        step = V @ (uf / s)
+        want = np.linalg.lstsq(A, f, rcond=None)[0]
+        np.testing.assert_allclose(step, want, atol=1e3 * rtol * np.linalg.norm(want))
 
 
 @settings(max_examples=40, deadline=None)
@@ -85,3 +92,16 @@ def test_wide_or_many_columns_use_lapack(shape):
     np.testing.assert_allclose(s, s_ref, rtol=1e-12)
     np.testing.assert_allclose(np.abs(uf), np.abs(U.T @ f), rtol=1e-10)
     np.testing.assert_allclose(np.abs(V), np.abs(Vt.T), atol=1e-10)  # up to column signs
+
+
+@pytest.mark.parametrize(
+    ("dtype", "magnitude"),
+    [(jnp.float64, 1e200), (jnp.float64, 1e-200), (jnp.float32, 1e20), (jnp.float32, 1e-20)],
+)
+def test_entries_far_from_one_are_scaled_not_squared_away(dtype, magnitude):
+    # Squares of 1e-200 underflow and of 1e200 overflow; LAPACK scales, and so does this.
+    rng = np.random.default_rng(2)
+    A, f = rng.normal(size=(5, 3)), rng.normal(size=5)
+    uf, s, V = _factorize(jnp.asarray(A * magnitude, dtype), jnp.asarray(f * magnitude, dtype))
+    rtol = 1e-13 if dtype == jnp.float64 else 2e-6
+    _check(A, f, uf / magnitude, s / magnitude, V, rtol=rtol)

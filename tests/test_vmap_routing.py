@@ -168,3 +168,35 @@ def test_vmap_of_least_squares_runs_the_queue(queue_runs):
         assert int(res.nfev[i]) == int(alone.nfev)
         np.testing.assert_allclose(res.x[i], alone.x, rtol=1e-9)
         np.testing.assert_allclose(res.cost[i], alone.cost, rtol=1e-12)
+
+
+def test_closures_over_traced_values_batch_plainly(queue_runs):
+    # fun closing over a jit argument (unbatched here) or an outer vmap's variable: the
+    # queue would trace fun again and bake the traced value in; such batches stay plain.
+    def solve(x, w):
+        return jd.minimize(lambda z: jnp.sum((z - w) ** 2) + jnp.sum(z**4), x)
+
+    starts = jnp.asarray(STARTS)
+    res = jax.jit(lambda xs, w: jax.vmap(lambda x: solve(x, w))(xs))(starts, jnp.asarray(0.5))
+    nested = jax.vmap(lambda w: jax.vmap(lambda x: solve(x, w))(starts))(jnp.asarray([0.5, 1.0]))
+    assert queue_runs == []
+    for i in (0, B - 1):
+        alone = solve(starts[i], jnp.asarray(0.5))
+        assert int(res.nit[i]) == int(alone.nit) == int(nested.nit[0, i])
+        np.testing.assert_allclose(res.x[i], alone.x, rtol=1e-10)
+        np.testing.assert_allclose(nested.x[0, i], alone.x, rtol=1e-10)
+
+
+def test_a_collective_over_the_vmap_axis_batches_plainly(queue_runs):
+    # fun uses lax.psum over the vmap's named axis: x* = a / sum(a) over the batch.
+    a = jnp.linspace(1.0, 2.0, B)
+
+    def fun(z, a_i):
+        return jnp.sum((z - a_i / jax.lax.psum(a_i, "i")) ** 2)
+
+    def one(a_i):
+        return jd.minimize(fun, jnp.zeros(2), args=(a_i,)).x
+
+    xs = jax.vmap(one, axis_name="i")(a)
+    assert queue_runs == []
+    np.testing.assert_allclose(xs[:, 0], a / jnp.sum(a), rtol=1e-8)

@@ -42,7 +42,7 @@ from jaxopt_dict._method import Box, Method
 from jaxopt_dict._problem import Objective
 from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult
-from jaxopt_dict._tree import in_manual_mesh, project, vary_over_manual_axes
+from jaxopt_dict._tree import in_manual_mesh, manual_axes, project, vary_over_manual_axes
 from jaxopt_dict.lsq_methods import LSQ_METHODS
 
 PyTree = Any
@@ -87,19 +87,51 @@ def _solve_impl(static, x0: PyTree, args: tuple, dynamic: dict, box: Box | None)
     """
     single = functools.partial(_run, static, unrolled_trips=None)
     closed, out_shape = jax.make_jaxpr(single, return_shape=True)(x0, args, dynamic, box)
-    out_tree = jax.tree.structure(out_shape)
+    jaxpr, consts, out_tree = closed.jaxpr, list(closed.consts), jax.tree.structure(out_shape)
 
     def replay(consts: list, inputs: tuple) -> OptimizeResult:
-        out = jax.core.eval_jaxpr(closed.jaxpr, consts, *jax.tree.leaves(inputs))
+        out = jax.core.eval_jaxpr(jaxpr, consts, *jax.tree.leaves(inputs))
         return jax.tree.unflatten(out_tree, out)
 
+    if _names_axes(jaxpr, frozenset(manual_axes())):
+        # A collective over a named axis (``lax.psum(.., "i")`` in fun) needs the vmap's
+        # axis name, which custom_vmap does not give its rule: JAX batches this one.
+        return replay(consts, (x0, args, dynamic, box))
+    # The queue traces fun and the method again (per lane), where a traced value they
+    # close over (a user's jit argument, an outer vmap's variable) would be baked in as a
+    # constant: such a solve batches plainly.
+    queue_ok = not any(isinstance(c, jax.core.Tracer) for c in consts)
     one = jax.custom_batching.custom_vmap(replay)
-    one.def_vmap(functools.partial(_vmap_rule, static, replay))
-    return one(list(closed.consts), (x0, args, dynamic, box))
+    one.def_vmap(functools.partial(_vmap_rule, static, replay, queue_ok))
+    return one(consts, (x0, args, dynamic, box))
+
+
+def _names_axes(jaxpr: Any, mesh_axes: frozenset) -> bool:
+    """Whether ``jaxpr`` (its sub-jaxprs too) names an axis other than the manual mesh
+    axes of an enclosing ``shard_map`` (which the solve's own carries are cast over): a
+    collective (``psum``, ``axis_index``, ``all_gather``, ...) over a ``vmap`` axis."""
+    for eqn in jaxpr.eqns:
+        for key in ("axes", "axis_name"):
+            names = eqn.params.get(key, ())
+            names = names if isinstance(names, (tuple, list)) else (names,)
+            if any(isinstance(n, str) and n not in mesh_axes for n in names):
+                return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+                if hasattr(inner, "eqns") and _names_axes(inner, mesh_axes):
+                    return True
+    return False
 
 
 def _vmap_rule(
-    static, replay: Callable, axis_size: int, in_batched, consts: list, inputs: tuple
+    static,
+    replay: Callable,
+    queue_ok: bool,
+    axis_size: int,
+    in_batched,
+    consts: list,
+    inputs: tuple,
 ) -> tuple[OptimizeResult, Any]:
     """``jax.vmap`` of one solve (``custom_vmap``'s rule): the queue of
     ``solve_queue`` where it runs the same problems to the same results faster, else
@@ -111,6 +143,7 @@ def _vmap_rule(
         trip and the queue is plain batching plus bookkeeping;
       - only ``x0`` and ``args`` batched (the queue shares options and bounds, and a
         batched value that ``fun`` or the method closes over is not one it can hand out);
+      - ``queue_ok`` (``_solve_impl``): no traced value closed over;
       - no callback, ``disp``, ``trace`` or ``progress`` (their per-problem reports under
         ``vmap`` are the single solve's);
       - one device, or inside ``shard_map``: under a plain ``jit`` over a mesh, the
@@ -129,7 +162,8 @@ def _vmap_rule(
     )
     lanes = default_lanes(static.method in LSQ_METHODS.values())
     queue = (
-        axis_size > lanes
+        queue_ok
+        and axis_size > lanes
         and not any(jax.tree.leaves((consts_batched, dynamic_batched, box_batched)))
         and not reports
         and (jax.device_count() == 1 or in_manual_mesh())

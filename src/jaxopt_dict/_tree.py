@@ -218,14 +218,14 @@ def _materialize_jvp(primals: tuple, tangents: tuple) -> tuple:
 _SAME_WIDTH_INT = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
 
 
-def _manual_axes() -> tuple:
+def manual_axes() -> tuple:
     """The manual mesh axes of the ``shard_map`` being traced (empty outside one)."""
     return tuple(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", None) or ())
 
 
 def in_manual_mesh() -> bool:
     """Whether the code is being traced inside ``shard_map`` (manual mesh axes)."""
-    return bool(_manual_axes())
+    return bool(manual_axes())
 
 
 def vary_over_manual_axes(tree: T) -> T:
@@ -237,7 +237,7 @@ def vary_over_manual_axes(tree: T) -> T:
     while what the loop body computes from the problem's data is. Outside ``shard_map``
     this is the identity.
     """
-    axes = _manual_axes()
+    axes = manual_axes()
     if not axes:
         return tree
 

@@ -89,8 +89,19 @@ def factorize(A: jax.Array, f: jax.Array) -> Factors:
     if n > SMALL_SVD_COLUMNS or m < n:
         U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
         return Factors(U.T @ f, s, Vt.T)
-    R, qf = _householder_triangle(A, f)
-    return _jacobi_svd(R, qf)
+    # Scaled by powers of two (exact) so that the squares below neither overflow nor
+    # underflow whatever the magnitudes, as LAPACK scales: s scales with A, uf with f.
+    a_exp, f_exp = _exponent_of_max(A), _exponent_of_max(f)
+    R, qf = _householder_triangle(jnp.ldexp(A, -a_exp), jnp.ldexp(f, -f_exp))
+    uf, s, V = _jacobi_svd(R, qf)
+    return Factors(jnp.ldexp(uf, f_exp), jnp.ldexp(s, a_exp), V)
+
+
+def _exponent_of_max(x: jax.Array) -> jax.Array:
+    """e with ``max |x| = m 2^e``, m in [0.5, 1); 0 where x is all zero or not finite."""
+    big = jnp.max(jnp.abs(x))
+    exponent = jnp.frexp(big)[1]
+    return jnp.where(jnp.isfinite(big) & (big > 0), exponent, 0)
 
 
 def _householder_triangle(A: jax.Array, f: jax.Array) -> tuple[jax.Array, jax.Array]:
