@@ -30,7 +30,7 @@ from jaxopt_dict._problem import (
     canonicalize_x0,
     make_objective,
 )
-from jaxopt_dict._programs import SolveStatic, default_lanes, solve_queue, take_row
+from jaxopt_dict._programs import SolveStatic, solve_queue, take_row
 from jaxopt_dict._progress import require_tqdm
 from jaxopt_dict._result import OptimizeResult
 from jaxopt_dict._tree import ravel
@@ -704,9 +704,9 @@ def least_squares_batch(
         trace or callback).
       x0: a pytree whose every leaf has a leading batch axis of the same length B.
       args: a tuple of pytrees; batched ones (``args_axes``) have the leading axis B.
-      lanes: problems in flight at once (default ``min(B, 64)`` on CPU, where a few fits
-        that run to ``max_nfev`` would keep wide lanes busy, and ``min(B, 256)``
-        elsewhere; ``_programs.default_lanes``).
+      lanes: problems in flight at once (default on CPU ``B // 32`` clipped to [32, 64],
+        where a few fits that run to ``max_nfev`` would keep wide lanes busy, and
+        ``min(B, 256)`` elsewhere; ``_programs.default_lanes``).
       args_axes: per arg, 0 (batched) or ``None`` (shared); one value applies to all.
 
     Returns:
@@ -723,7 +723,7 @@ def least_squares_batch(
       >>> jnp.round(res.x[:, 0], 6).tolist()
       [0.5, 1.0, 2.0]
     """
-    lanes, args_axes, one_problem = batch_layout(x0, args, lanes, args_axes, default_lanes(True))
+    lanes, args_axes, one_problem = batch_layout(x0, args, lanes, args_axes, least_squares=True)
     if isinstance(options, Mapping) and (options.get("disp") or options.get("trace")):
         raise ValueError(
             "least_squares_batch does not take disp or trace; use jax.vmap(least_squares)."

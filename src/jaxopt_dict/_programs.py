@@ -138,8 +138,8 @@ def _vmap_rule(
     plain batching of the single solve (``replay``).
 
     The queue is used when all of these hold:
-      - more problems than the queue's default lanes (``default_lanes``: 256, or 64 for
-        least squares on CPU): with fewer, every problem is in flight from the first
+      - more problems than the queue's default lanes (``default_lanes``: 256, or 32-64
+        for least squares on CPU): with fewer, every problem is in flight from the first
         trip and the queue is plain batching plus bookkeeping;
       - only ``x0`` and ``args`` batched (the queue shares options and bounds, and a
         batched value that ``fun`` or the method closes over is not one it can hand out);
@@ -160,7 +160,7 @@ def _vmap_rule(
     reports = static.callback is not None or any(
         opts.get(name) for name in ("disp", "trace", "progress")
     )
-    lanes = default_lanes(static.method in LSQ_METHODS.values())
+    lanes = default_lanes(static.method in LSQ_METHODS.values(), axis_size)
     queue = (
         queue_ok
         and axis_size > lanes
@@ -400,23 +400,24 @@ solve_queue = jit(
 
 # The queue's lanes unless told otherwise (at most B): ``default_lanes``.
 DEFAULT_LANES = 256
-LEAST_SQUARES_CPU_LANES = 64
 
 
-def default_lanes(least_squares: bool) -> int:
-    """The queue's lanes when none are given (then at most B): 256, and 64 for least
-    squares on CPU.
+def default_lanes(least_squares: bool, n_problems: int) -> int:
+    """The queue's lanes when none are given (then at most B): 256; for least squares on
+    CPU, ``B // 32`` clipped to [32, 64].
 
-    A few curve fits per thousand run to ``max_nfev`` (100 n evaluations, as scipy's),
-    where the mean fit takes about 8, and on CPU a trip costs about its lanes' work: the
-    lanes left on the tail cost little at 64. Measured on B exponential fits (trf,
-    ``benchmarks/least_squares.py``'s): 26k fits/s at 64 lanes against 9.4k at 256 for
-    B = 1,000, 57k against 51k for B = 10,000. ``minimize``'s batches keep 256 (logistic
-    regressions: 64 lanes ran at 0.75x; their tails are short). On an accelerator a wide
-    trip costs about what a narrow one does.
+    A few curve fits per thousand run to ``max_nfev`` (100 n evaluations, as scipy's)
+    where the mean fit takes about 8, and on CPU a trip costs about its lanes' work, so
+    the lanes that idle on that tail should be few: about B * mean / max of them keeps
+    every lane busy until the tail. Measured on B exponential fits
+    (``benchmarks/least_squares.py``'s, fits/s at 32 / 64 / 128 lanes, one run): B = 1,000
+    trf 23.8k / 19.4k / 13.1k, lm 27.9k / 19.4k / 11.9k (256 lanes: 9.4k for trf); B =
+    10,000 trf 48.5k / 54.1k / 51.9k, lm 43.0k / 47.9k / 45.4k. ``minimize``'s batches keep
+    256 (logistic regressions: 64 lanes ran at 0.75x; their tails are short). On an
+    accelerator a wide trip costs about what a narrow one does.
     """
     if least_squares and jax.default_backend() == "cpu":
-        return LEAST_SQUARES_CPU_LANES
+        return min(64, max(32, n_problems // 32))
     return DEFAULT_LANES
 
 
