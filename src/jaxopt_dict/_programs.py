@@ -1,9 +1,9 @@
 """The compiled programs: one solve, a queue of solves, and the rule that routes a
 ``jax.vmap`` of the first to the second.
 
-The queue (continuous batching). Under plain ``jax.vmap`` the whole batch runs until its slowest member finishes (1,000
-2-D Rosenbrocks from random starts with L-BFGS: mean 26.6 iterations, max 44), so lanes
-idle much of the time. Here each of ``lanes`` slots runs the same driver
+The queue (continuous batching). Under plain ``jax.vmap`` the whole batch runs until its
+slowest member finishes (1,000 2-D Rosenbrocks from random starts with L-BFGS: mean 26.6
+iterations, max 44), so lanes idle much of the time. Here each of ``lanes`` slots runs the same driver
 (``_loop.start``/``advance``) as a single solve; when a lane's problem stops, its result is
 written out and the lane takes the next pending problem, all inside one compiled
 ``while_loop`` with one (vmapped) evaluation per trip. Throughput then follows the mean
@@ -17,11 +17,11 @@ next trial and an evaluation count of 0: the next trip is that problem's first, 
 starts the method from x0 as in a single solve (``_loop.advance``), so nothing else of the
 lane is reset.
 
-Routing. ``jax.vmap(minimize)`` (and of ``least_squares``) batches one solve. Plain
-batching runs every problem until the slowest stops. The single solve is therefore a
-``jax.custom_batching.custom_vmap`` whose rule runs the queue instead
-(``_vmap_rule``), where that gives each problem the same result: see there for when it
-does and when the batch falls back to plain batching.
+Routing. ``jax.vmap(minimize)`` (and of ``least_squares``) batches one solve, and plain
+batching runs every problem until the slowest stops. So the single solve is a
+``jax.custom_batching.custom_vmap`` whose rule (``_vmap_rule``) runs the queue instead
+where that gives each problem the same result; see there for when it does, and when the
+batch is batched plainly.
 """
 
 from __future__ import annotations
