@@ -73,14 +73,14 @@ def test_batched_equals_one_at_a_time_and_float32():
 
 
 def test_zero_and_non_finite_jacobians_end():
-    # A zero matrix: no rotation at all; NaN: no rotation either (comparisons are False),
-    # so the sweep loop ends at once instead of running to its cap.
+    # A zero matrix: no rotation at all, s = 0 and uf = 0 exactly; NaN: no rotation either
+    # (comparisons are False), and the NaN reaches s instead of a finite answer.
     uf, s, V = _factorize(jnp.zeros((5, 3)), jnp.ones(5))
     np.testing.assert_array_equal(s, 0.0)
     np.testing.assert_array_equal(uf, 0.0)
     np.testing.assert_allclose(np.asarray(V).T @ np.asarray(V), np.eye(3))
     _, s, _ = _factorize(jnp.full((5, 3), jnp.nan), jnp.ones(5))
-    assert s.shape == (3,)
+    assert s.shape == (3,) and bool(jnp.all(jnp.isnan(s)))
 
 
 @pytest.mark.parametrize("shape", [(3, 7), (2, 3), (20, 8)])

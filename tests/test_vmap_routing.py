@@ -157,7 +157,7 @@ def test_vmap_of_least_squares_runs_the_queue(queue_runs):
     res = jax.jit(jax.vmap(lambda y: jd.least_squares(decay, x0, args=(t, y))))(ys)
     # (least squares' hidden leading arg, f_scale, is shared too); on CPU 32 lanes here
     assert len(queue_runs) == 1 and queue_runs[0][1][-2:] == (None, 0)
-    assert queue_runs[0][0] == _programs.default_lanes(True, B) == 32
+    assert queue_runs[0][0] == _programs.default_lanes(True, B) == 32  # (long_tail)
     batch = jd.least_squares_batch(
         decay, jnp.broadcast_to(x0, (B, 2)), args=(t, ys), args_axes=(None, 0)
     )

@@ -64,7 +64,7 @@ def minimize_batch(
       >>> jnp.round(res.x, 4).tolist()
       [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
     """
-    lanes, args_axes, one_problem = batch_layout(x0, args, lanes, args_axes, least_squares=False)
+    lanes, args_axes, one_problem = batch_layout(x0, args, lanes, args_axes, long_tail=False)
     static, _, solve_args, dynamic, box = prepare_solve(
         fun, take_row(x0, 0), one_problem, method, jac, bounds, tol, options, None, has_aux
     )
@@ -81,7 +81,7 @@ def minimize_batch(
 
 
 def batch_layout(
-    x0: PyTree, args: tuple, lanes: int | None, args_axes: Any, least_squares: bool
+    x0: PyTree, args: tuple, lanes: int | None, args_axes: Any, long_tail: bool
 ) -> tuple[int, tuple[int | None, ...], tuple]:
     """Check a batch's inputs: ``(lanes, args_axes, one problem's args)``, lanes at most B
     (``_programs.default_lanes`` where none are given).
@@ -102,7 +102,7 @@ def batch_layout(
         raise ValueError("x0 has no array leaves: there is nothing to optimize.")
     n_problems = _batch_size(x0, args, args_axes)
     if lanes is None:
-        lanes = default_lanes(least_squares, n_problems)
+        lanes = default_lanes(long_tail, n_problems)
     lanes = min(n_problems, int(lanes))
     one_problem = tuple(take_row(a, 0) if axis == 0 else a for a, axis in zip(args, args_axes))
     return lanes, args_axes, one_problem

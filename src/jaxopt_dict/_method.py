@@ -156,6 +156,9 @@ class Method(NamedTuple):
         evaluates (PG: ``x -> L(physics(x))``). The returned object must be hashable (it
         keys the jit cache) and offer ``check``, ``value_and_grad`` and ``evaluate`` as
         ``Objective`` does.
+      long_tail: a few problems per thousand run to the evaluation cap (least squares'
+        ``max_nfev``, as scipy's): on CPU the queue then takes fewer lanes
+        (``_programs.default_lanes``), so that few idle on that tail.
     """
 
     name: str
@@ -165,3 +168,4 @@ class Method(NamedTuple):
     needs_hessian: bool = False
     default_maxiter: int = 1000
     prepare: Callable[[Any, Mapping[str, Any]], Any] | None = None
+    long_tail: bool = False

@@ -43,7 +43,6 @@ from jaxopt_dict._problem import Objective
 from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult
 from jaxopt_dict._tree import in_manual_mesh, manual_axes, project, vary_over_manual_axes
-from jaxopt_dict.lsq_methods import LSQ_METHODS
 
 PyTree = Any
 
@@ -160,7 +159,7 @@ def _vmap_rule(
     reports = static.callback is not None or any(
         opts.get(name) for name in ("disp", "trace", "progress")
     )
-    lanes = default_lanes(static.method in LSQ_METHODS.values(), axis_size)
+    lanes = default_lanes(static.method.long_tail, axis_size)
     queue = (
         queue_ok
         and axis_size > lanes
@@ -402,9 +401,9 @@ solve_queue = jit(
 DEFAULT_LANES = 256
 
 
-def default_lanes(least_squares: bool, n_problems: int) -> int:
-    """The queue's lanes when none are given (then at most B): 256; for least squares on
-    CPU, ``B // 32`` clipped to [32, 64].
+def default_lanes(long_tail: bool, n_problems: int) -> int:
+    """The queue's lanes when none are given (then at most B): 256; for a method with a
+    long tail (``Method.long_tail``: least squares) on CPU, ``B // 32`` clipped to [32, 64].
 
     A few curve fits per thousand run to ``max_nfev`` (100 n evaluations, as scipy's)
     where the mean fit takes about 8, and on CPU a trip costs about its lanes' work, so
@@ -416,7 +415,7 @@ def default_lanes(least_squares: bool, n_problems: int) -> int:
     256 (logistic regressions: 64 lanes ran at 0.75x; their tails are short). On an
     accelerator a wide trip costs about what a narrow one does.
     """
-    if least_squares and jax.default_backend() == "cpu":
+    if long_tail and jax.default_backend() == "cpu":
         return min(64, max(32, n_problems // 32))
     return DEFAULT_LANES
 

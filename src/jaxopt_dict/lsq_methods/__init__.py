@@ -6,11 +6,15 @@ from jaxopt_dict._method import Method
 from jaxopt_dict._options import Option
 from jaxopt_dict.lsq_methods import gauss_newton, lm, trf
 
+# long_tail: a few curve fits per thousand run to max_nfev, as scipy's (the queue's lanes).
 LSQ_METHODS: dict[str, Method] = {
-    "trf": Method("trf", trf.make, supports_bounds=True),
-    "lm": Method("lm", lm.make),
+    "trf": Method("trf", trf.make, supports_bounds=True, long_tail=True),
+    "lm": Method("lm", lm.make, long_tail=True),
     "gauss-newton": Method(
-        "gauss-newton", gauss_newton.make, options=(Option("maxls", 20, int, static=True, low=1),)
+        "gauss-newton",
+        gauss_newton.make,
+        options=(Option("maxls", 20, int, static=True, low=1),),
+        long_tail=True,
     ),
 }
 
