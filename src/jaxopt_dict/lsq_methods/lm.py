@@ -79,8 +79,8 @@ def lmpar(factors: Factors, delta, par, m: int):
     par = jnp.minimum(jnp.maximum(par, parl), paru)
     par = jnp.where(par == 0, safe_div(gnorm, dxnorm), par)
 
-    def body(k, carry):
-        par, parl, paru, fp, z, done = carry
+    def body(carry):
+        k, par, parl, paru, fp, z, done = carry
         par_k = jnp.where(par == 0, jnp.maximum(dwarf, 0.001 * paru), par)
         denom = s**2 + par_k
         z_k = -V @ (suf / denom)
@@ -93,6 +93,7 @@ def lmpar(factors: Factors, delta, par, m: int):
         par_next = jnp.where(exits, par_k, jnp.maximum(parl_k, par_k + parc))
         keep = lambda old, new: jnp.where(done, old, new)
         return (
+            k + 1,
             keep(par, par_next),
             keep(parl, parl_k),
             keep(paru, paru_k),
@@ -101,8 +102,12 @@ def lmpar(factors: Factors, delta, par, m: int):
             done | exits,
         )
 
-    carry = vary_over_manual_axes((par, parl, paru, fp, z_gn, jnp.asarray(False)))
-    par, _, _, _, z, _ = jax.lax.fori_loop(0, 10, body, carry)
+    # Until it exits (MINPACK's at most 10 trips), not 10 trips always: under vmap the
+    # loop then runs until every problem's has exited, usually after 1-3. Not started
+    # where the Gauss-Newton step is taken (its result is not used).
+    carry = (jnp.asarray(0), par, parl, paru, fp, z_gn, gauss_newton)
+    carry = vary_over_manual_axes(carry)
+    _, par, _, _, _, z, _ = jax.lax.while_loop(lambda c: ~c[6], body, carry)
     return jnp.where(gauss_newton, 0.0, par), jnp.where(gauss_newton, z_gn, z)
 
 
