@@ -6,7 +6,7 @@ representation, whose (2m, 2m) matrices dwarf the pairs themselves when n is sma
 n = 2 and m = 10 a problem would carry about 5.7 KB through the loop for 0.3 KB of
 pairs, and a vmapped batch of small problems pays for every byte on every trip (each
 carried array is selected per problem, per trip). Here ``H g`` comes from the two-loop
-recursion (Nocedal 1980) over the pairs alone, unrolled over the m slots; ``lbfgsb``
+recursion (Nocedal 1980) over the pairs alone, a scan over the m slots; ``lbfgsb``
 picks this stepper for problems without bounds of at most ``TWO_LOOP_MAX_N`` variables
 (measured: 2.5-3x the throughput of the compact form on vmapped 2-D Rosenbrock, 1.7x on
 11-variable logistic regressions; for large n the compact form's few big products beat
@@ -71,19 +71,28 @@ def memory_empty(m: int, n: int, dtype) -> PairMemory:
 
 
 def inverse_times(mem: PairMemory, g: jax.Array) -> jax.Array:
-    """``H g`` by the two-loop recursion (Nocedal 1980), unrolled over the m slots."""
-    m = mem.rho.shape[0]
-    q = g
-    alphas = []
-    for i in reversed(range(m)):
-        alpha = mem.rho[i] * vdot(mem.s[i], q)
-        q = materialize(q - alpha * mem.y[i])
-        alphas.append(alpha)
-    r = mem.gamma * q
-    for i, alpha in zip(range(m), reversed(alphas)):
-        beta = mem.rho[i] * vdot(mem.y[i], r)
-        r = materialize(r + (alpha - beta) * mem.s[i])
-    return r
+    """``H g`` by the two-loop recursion (Nocedal 1980): two scans over the m slots, newest
+    to oldest, then back.
+
+    Scans, not m unrolled steps: the program then does not grow with m. Measured on 10-D
+    Rosenbrock (m = 10, compiled inside a jit): 1.2 s of compile against 1.7-1.8 s
+    unrolled, a single solve 0.71 against 0.78 ms, 200 vmapped 2-D Rosenbrocks 3.3 against
+    3.8 ms, 1,000 in ``minimize_batch``'s queue 12.3 against 11.4 ms (the one case
+    slower, 8%: each of the 2m steps is then a loop trip of its own for all the lanes).
+    """
+
+    def newest_to_oldest(q, pair):
+        s, y, rho = pair
+        alpha = rho * vdot(s, q)
+        return q - alpha * y, alpha
+
+    q, alphas = jax.lax.scan(newest_to_oldest, g, (mem.s, mem.y, mem.rho), reverse=True)
+
+    def oldest_to_newest(r, pair):
+        s, y, rho, alpha = pair
+        return r + (alpha - rho * vdot(y, r)) * s, None
+
+    return jax.lax.scan(oldest_to_newest, mem.gamma * q, (mem.s, mem.y, mem.rho, alphas))[0]
 
 
 def memory_push(
