@@ -254,16 +254,10 @@ MIXED_CASES = [
         BOX,
         id="L-BFGS-B-box",
     ),
-    pytest.param(
-        "GD",
-        {},
-        None,
-        id="GD-linesearch",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="open: GD's search mixes float32/float64 leaves in optax.tree ops (strict)",
-        ),
-    ),
+    # GD's Armijo search: its trial point, slope and step norms promote across leaves.
+    pytest.param("GD", {}, None, id="GD-linesearch"),
+    pytest.param("GD", {}, BOX, id="GD-linesearch-box"),
+    pytest.param("Newton", {}, None, id="Newton"),
 ]
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
-from jaxopt_dict._tree import project, safe_divide, safe_sqrt
+from jaxopt_dict._tree import project, promoted, safe_divide, safe_sqrt, vdot
 
 PyTree = Any
 
@@ -60,8 +60,16 @@ def backtracking_start(
 
 
 def backtracking_trial(search: Backtracking, box: Box | None) -> PyTree:
-    """The next point to evaluate: ``P(x + step * d)``."""
-    return project(optax.tree.add_scale(search.x, search.step_size, search.direction), box)
+    """The next point to evaluate: ``P(x + step * d)``, each leaf in its own dtype.
+
+    Each leaf computed as standard promotion computes it (the step has f's dtype, float64
+    for a tree that mixes float32 and float64 leaves), also under strict promotion, where
+    ``optax.tree.add_scale`` refuses to mix them."""
+
+    def leaf(x, d):
+        return promoted(jnp.add, x, promoted(jnp.multiply, search.step_size, d)).astype(x.dtype)
+
+    return project(jax.tree.map(leaf, search.x, search.direction), box)
 
 
 def backtracking_advance(
@@ -74,7 +82,7 @@ def backtracking_advance(
       (halved, or by the quadratic fit's rule above); ``failed`` once ``maxls`` trials
       were rejected or the step underflowed.
     """
-    decrease = jnp.asarray(optax.tree.vdot(search.g, optax.tree.sub(ev.x, search.x)))
+    decrease = vdot(search.g, optax.tree.sub(ev.x, search.x))  # promotes across leaves
     # A trial where f or g is not finite arrives with f = +inf (the driver's rule): it
     # fails this test and is cut like any rejection, halved (the fit has nothing to fit).
     accepted = ev.f <= search.f + ARMIJO_C1 * decrease

@@ -10,7 +10,7 @@ import optax
 from jaxopt_dict._linesearch import Backtracking, backtracking_stepper
 from jaxopt_dict._method import Method, Stepper
 from jaxopt_dict._options import Option, line_search_options
-from jaxopt_dict._tree import projected_gradient
+from jaxopt_dict._tree import inf_norm, projected_gradient, vdot
 from jaxopt_dict.methods.optax_rules import optax_stepper
 
 
@@ -22,13 +22,16 @@ def _initial_step(f_prev, f, g_sq, last_step):
 
 
 def _first_step(ev, box):
-    return 1.0 / jnp.maximum(1.0, optax.tree.norm(ev.g, ord=jnp.inf))
+    # ``_tree``'s reductions, not ``optax.tree.norm``: they promote across leaves of mixed
+    # float32 / float64 also under strict dtype promotion.
+    return 1.0 / jnp.maximum(1.0, inf_norm(ev.g))
 
 
 def _next_step(search: Backtracking, ev, box):
     # The projected gradient: components pushing into an active bound do not move x,
     # and counting them would shrink every later step to nothing (a false FTOL stop).
-    pg_sq = optax.tree.norm(projected_gradient(ev.x, ev.g, box), squared=True)
+    pg = projected_gradient(ev.x, ev.g, box)
+    pg_sq = vdot(pg, pg)
     return _initial_step(search.f, ev.f, pg_sq, search.step_size)
 
 
