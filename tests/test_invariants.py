@@ -537,3 +537,41 @@ def test_fun_sites_sees_conds_predicates_and_nested_or_second_loops():
     two = _fun_sites(jax.make_jaxpr(in_two_loops)(x).jaxpr)
     assert _depths(two) == [(1, False), (1, False)]
     assert len({outer for *_, outer in two}) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Layering: a method is a leaf module; it never reaches back to the front door or registry
+# ---------------------------------------------------------------------------------------
+
+_FRONT = {
+    "jaxopt_dict._minimize",
+    "jaxopt_dict._batch",
+    "jaxopt_dict._programs",
+    "jaxopt_dict._least_squares",
+    "jaxopt_dict.methods",
+    "jaxopt_dict.lsq_methods",
+}
+
+
+def test_methods_do_not_import_the_front_door_or_the_registry():
+    """An algorithm lives below the front door: methods/*.py and lsq_methods/*.py import
+    neither ``minimize``'s modules nor the registries that import them (PG's numerical
+    inverse names the L-BFGS record itself; it used to import ``_minimize`` back, a cycle
+    resolved by an import inside a function)."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(jd.__file__).parent
+    offenders = []
+    for folder in ("methods", "lsq_methods"):
+        for path in sorted((package / folder).glob("*.py")):
+            if path.name == "__init__.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                offenders += [f"{folder}/{path.name}: {n}" for n in names if n in _FRONT]
+    assert not offenders, offenders

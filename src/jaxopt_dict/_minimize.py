@@ -13,7 +13,7 @@ import optax
 
 from jaxopt_dict._loop import NO_CALLBACK_TOKEN, new_callback_token, pop_callback_error
 from jaxopt_dict._method import Box, Method
-from jaxopt_dict._options import Option, common_options, resolve_options, split_static
+from jaxopt_dict._options import Option, option_specs, resolve_options, split_static
 from jaxopt_dict._problem import (
     canonicalize_bounds,
     canonicalize_x0,
@@ -25,13 +25,6 @@ from jaxopt_dict._result import OptimizeResult
 from jaxopt_dict.methods import method_names, methods_with_bounds, resolve_method
 
 PyTree = Any
-
-
-def option_specs(method: Method) -> tuple[Option, ...]:
-    """All options ``method`` takes: its own, then the common ones it does not override."""
-    own = {spec.name for spec in method.options}
-    common = tuple(s for s in common_options(method.default_maxiter) if s.name not in own)
-    return method.options + common
 
 
 # scipy options that cannot mean anything here: gradients are JAX's, exact.

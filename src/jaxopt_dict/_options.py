@@ -10,11 +10,14 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.core
 import numpy as np
+
+if TYPE_CHECKING:  # _method imports Option from here
+    from jaxopt_dict._method import Method
 
 SCIPY_FTOL = 2.220446049250313e-09
 
@@ -69,6 +72,13 @@ def common_options(maxiter: int = 1000) -> tuple[Option, ...]:
 # only the one-ulp rounding-noise stop (``_loop.reduction_too_small``). It travels as a
 # number like any ftol, so setting one later does not recompile; users cannot pass NaN.
 FTOL_UNSET = math.nan
+
+
+def option_specs(method: Method) -> tuple[Option, ...]:
+    """All options ``method`` takes: its own, then the common ones it does not override."""
+    own = {spec.name for spec in method.options}
+    common = tuple(s for s in common_options(method.default_maxiter) if s.name not in own)
+    return method.options + common
 
 
 def line_search_options(ftol: float | None, maxls: int = 20) -> tuple[Option, ...]:

@@ -22,7 +22,7 @@ Newton's modified Cholesky) and applies the inverse. Nothing sits in a ``lax.con
 branch except, for more than 16 unknowns, that solve's fallback factorization.
 
 The numerical inverse is the package's one nested solve: its own driver
-(``_loop.run``) with the registered ``"L-BFGS"`` method, warm-started at the current x, inside
+(``_loop.run``) with the L-BFGS method (``lbfgsb.LBFGS``), warm-started at the current x, inside
 the same compiled program. It evaluates ``physics`` only, never ``fun``. Its budget and
 tolerance are the options ``inner_maxiter`` (default 15000) and ``inner_gtol`` (default
 1e-5), scipy's ``fmin_l_bfgs_b`` defaults, which the PBDL chapter's numerical inverse uses;
@@ -54,13 +54,14 @@ from jax.flatten_util import ravel_pytree
 
 from jaxopt_dict._loop import LoopConfig, run
 from jaxopt_dict._method import Evaluation, Method, StepOutcome, Stepper
-from jaxopt_dict._options import Option, split_static
+from jaxopt_dict._options import Option, option_specs, resolve_options, split_static
 from jaxopt_dict._problem import Objective
+from jaxopt_dict.methods.lbfgsb import LBFGS
 from jaxopt_dict.methods.newton import newton_direction
 
 PyTree = Any
 
-INNER_METHOD = "L-BFGS"
+INNER_METHOD = LBFGS  # the numerical inverse's method (the record, not a registry name)
 
 
 def _abstract(tree: PyTree) -> PyTree:
@@ -147,13 +148,8 @@ def prepare(objective: Objective, opts: Mapping[str, Any]) -> PhysicsObjective:
 
 def _numerical_inverse(physics, maxiter: int, gtol) -> Callable[[PyTree, PyTree], PyTree]:
     """``(y_target, x_start) -> argmin_x ||physics(x) - y_target||^2`` by the package's own
-    driver running the registered L-BFGS, warm-started at ``x_start``."""
-    # Imported here: the registry imports this module, so it is not complete at import time.
-    from jaxopt_dict._minimize import option_specs
-    from jaxopt_dict._options import resolve_options
-    from jaxopt_dict.methods import resolve_method
-
-    method = resolve_method(INNER_METHOD)
+    driver running L-BFGS, warm-started at ``x_start``."""
+    method = INNER_METHOD
     specs = option_specs(method)
     static, dynamic = split_static(specs, resolve_options(method.name, specs, {"maxiter": maxiter}))
     inner_opts = {**dict(static), **{k: jnp.asarray(v) for k, v in dynamic.items()}}
