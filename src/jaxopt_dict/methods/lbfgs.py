@@ -74,11 +74,11 @@ def inverse_times(mem: PairMemory, g: jax.Array) -> jax.Array:
     """``H g`` by the two-loop recursion (Nocedal 1980): two scans over the m slots, newest
     to oldest, then back.
 
-    Scans, not m unrolled steps: the program then does not grow with m. Measured on 10-D
-    Rosenbrock (m = 10, compiled inside a jit): 1.2 s of compile against 1.7-1.8 s
-    unrolled, a single solve 0.71 against 0.78 ms, 200 vmapped 2-D Rosenbrocks 3.3 against
-    3.8 ms, 1,000 in ``minimize_batch``'s queue 12.3 against 11.4 ms (the one case
-    slower, 8%: each of the 2m steps is then a loop trip of its own for all the lanes).
+    Scans, not m unrolled steps: the program then does not grow with m. Against the
+    unrolled recursion (m = 10; with the ``materialize`` calls it needed in ``step``),
+    side by side on Rosenbrock: compile inside a jit 0.65-0.80x (n = 2 to 16), single
+    solves 0.86-0.92x the time, 200 vmapped 2-D problems 0.76x, 1,000 in
+    ``minimize_batch``'s queue 0.86x; the same nit and nfev.
     """
 
     def newest_to_oldest(q, pair):
@@ -162,9 +162,7 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         y = ge - state.g
         yy = vdot(y, y)
         # (No ``materialize`` of these scalars: the recursion's scans read them at a loop
-        # boundary, so XLA cannot copy their chain into its reductions. Without it: 19
-        # fewer fusions; 0.80x the time of 1,000 2-D Rosenbrocks in the queue, 0.87x of
-        # 200 vmapped, 0.93x-1.00x single solves, measured side by side.)
+        # boundary, so XLA cannot copy their chain into its reductions; 19 fewer fusions.)
         old = state.memory
         mem = memory_push(old, stp * state.d, y, sy, yy, push)
         # A failed search drops the memory and retries steepest descent from x once.
