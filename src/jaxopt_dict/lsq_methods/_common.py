@@ -74,7 +74,11 @@ class Factors(NamedTuple):
 # Every operation is elementwise or a short reduction, so a batch of small Jacobians (under
 # ``vmap``, in the queue) is one vectorized kernel per step, where LAPACK's gesdd is one
 # call per matrix: 3.5 us of the 4.4 us a trf trip costs per fit at B = 256 (30 x 3).
-SMALL_SVD_COLUMNS = 6
+# The sweeps grow as n^2 pairs: ``factorize`` of 30 x n Jacobians under vmap, against
+# LAPACK's, took 0.53 / 0.69 / 0.93x the time at n = 3 / 4 / 5 and 1.51x at n = 6 (256 at a
+# time; 32: 0.81 / 0.71 / 0.86 / 1.12x). One Jacobian alone (no vmap) it takes 2-3x
+# LAPACK's, which a single fit pays as 5-9% of its time (trf, lm on the curve fit).
+SMALL_SVD_COLUMNS = 5
 _JACOBI_MAX_SWEEPS = 30  # typically 4-6 (the last one finds nothing left to rotate)
 
 
