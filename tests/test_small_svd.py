@@ -1,5 +1,6 @@
-"""The SVD least squares computes itself for Jacobians of at most 6 columns (Householder QR,
-then one-sided Jacobi: ``lsq_methods._common.factorize``), against LAPACK's (numpy)."""
+"""The SVD least squares computes itself for Jacobians of at most ``SMALL_SVD_COLUMNS`` (5)
+columns (Householder QR, then one-sided Jacobi: ``lsq_methods._common.factorize``), against
+LAPACK's (numpy)."""
 
 import jax
 
@@ -83,7 +84,7 @@ def test_zero_and_non_finite_jacobians_end():
     assert s.shape == (3,) and bool(jnp.all(jnp.isnan(s)))
 
 
-@pytest.mark.parametrize("shape", [(3, 7), (2, 3), (20, 8)])
+@pytest.mark.parametrize("shape", [(3, 7), (2, 3), (20, 6), (20, 8)])
 def test_wide_or_many_columns_use_lapack(shape):
     rng = np.random.default_rng(1)
     A, f = rng.normal(size=shape), rng.normal(size=shape[0])

@@ -3,8 +3,8 @@
 
 The queue (continuous batching). Under plain ``jax.vmap`` the whole batch runs until its
 slowest member finishes (1,000 2-D Rosenbrocks from random starts with L-BFGS: mean 26.6
-iterations, max 44), so lanes idle much of the time. Here each of ``lanes`` slots runs the same driver
-(``_loop.start``/``advance``) as a single solve; when a lane's problem stops, its result is
+iterations, max 44), so lanes idle much of the time. Here each of ``lanes`` slots runs
+the same driver (``_loop.start``/``advance``) as a single solve; when a lane's problem stops, its result is
 written out and the lane takes the next pending problem, all inside one compiled
 ``while_loop`` with one (vmapped) evaluation per trip. Throughput then follows the mean
 iteration count instead of the max, and each problem's result equals its result when
@@ -409,11 +409,12 @@ def default_lanes(long_tail: bool, n_problems: int) -> int:
     where the mean fit takes about 8, and on CPU a trip costs about its lanes' work, so
     the lanes that idle on that tail should be few: about B * mean / max of them keeps
     every lane busy until the tail. Measured on B exponential fits
-    (``benchmarks/least_squares.py``'s, fits/s at 32 / 64 / 128 lanes, one run): B = 1,000
-    trf 23.8k / 19.4k / 13.1k, lm 27.9k / 19.4k / 11.9k (256 lanes: 9.4k for trf); B =
-    10,000 trf 48.5k / 54.1k / 51.9k, lm 43.0k / 47.9k / 45.4k. ``minimize``'s batches keep
-    256 (logistic regressions: 64 lanes ran at 0.75x; their tails are short). On an
-    accelerator a wide trip costs about what a narrow one does.
+    (``benchmarks/least_squares.py``'s, fits/s at 32 / 64 lanes, one process, round-robin,
+    after the small SVD's kernels were made cheap in 8192280): B = 1,000 trf 45.3k / 31.9k,
+    lm 56.0k / 31.8k; B = 10,000 trf 85.9k / 85.9k, lm 84.7k / 76.5k (before it, at 32 /
+    64 / 128 lanes, B = 1,000 trf 23.8k / 19.4k / 13.1k; 256 lanes: 9.4k). ``minimize``'s
+    batches keep 256 (logistic regressions: 64 lanes ran at 0.75x; their tails are short).
+    On an accelerator a wide trip costs about what a narrow one does.
     """
     if long_tail and jax.default_backend() == "cpu":
         return min(64, max(32, n_problems // 32))

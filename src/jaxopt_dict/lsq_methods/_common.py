@@ -113,7 +113,7 @@ def _pow2(k: jax.Array, dtype) -> jax.Array:
     """``2^k`` in ``dtype``, exactly, for k in the normal exponent range (built from its
     bits: no rounding, whatever the backend's ``exp2``)."""
     info = jnp.finfo(dtype)
-    int_type = jnp.int64 if info.bits == 64 else jnp.int32
+    int_type = {16: jnp.int16, 32: jnp.int32, 64: jnp.int64}[info.bits]  # same width
     biased = (k + info.maxexp - 1).astype(int_type)
     return jax.lax.bitcast_convert_type(biased << info.nmant, dtype)
 
