@@ -1,5 +1,11 @@
-"""Shared fixtures. x64 is NOT enabled here: modules that need float64 enable it themselves,
-and float32 tests pass explicit float32 arrays so they hold whichever mode is active."""
+"""Shared fixtures, and float64 for the whole suite (``pytest_configure``).
+
+The suite's accuracy checks are float64 (scipy's references, finite differences), so x64
+is switched on here, once, before any test module is imported: no module flips it at
+import, and a module runs the same alone as in the whole suite. Float32 tests pass
+explicit float32 arrays; a test of the float32-by-default session a user starts in turns
+x64 off for itself (``jax.enable_x64(False)``, as ``test_strict_promotion`` and
+``test_docs_site`` do)."""
 
 from __future__ import annotations
 
@@ -27,6 +33,14 @@ else:
     )
     settings.load_profile("jaxopt_dict")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """float64 on before collection imports the test modules (their module-level arrays
+    are float64 too)."""
+    del config
+    jax.config.update("jax_enable_x64", True)
+
+
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
@@ -53,16 +67,6 @@ def compile_log():
         yield log
     finally:
         jax.monitoring.unregister_event_duration_listener(log)
-
-
-@pytest.fixture(scope="module")
-def float64_module():
-    """float64 for one module only, restored after it (use with ``pytest.mark.usefixtures``
-    in ``pytestmark``), for modules that must not leave x64 switched on."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,8 +12,6 @@ from problems import FIXED_STEP_METHODS, METHODS, QUAD_MIXED, quad_mixed
 import jaxopt_dict as jd
 import jaxopt_dict._minimize
 
-jax.config.update("jax_enable_x64", True)
-
 
 @pytest.fixture
 def no_solve(monkeypatch, compile_log):

@@ -1,10 +1,7 @@
 """Continuous batching (``minimize_batch``): every result equals the problem solved alone."""
 
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

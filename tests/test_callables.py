@@ -17,8 +17,6 @@ import jaxopt_dict as jd
 from jaxopt_dict._callable import split_callable
 from jaxopt_dict._problem import make_objective
 
-pytestmark = pytest.mark.usefixtures("float64_module")
-
 A = np.array([[3.0, 0.5, 0.0], [0.5, 2.0, 0.3], [0.0, 0.3, 1.5]])  # SPD
 TIGHT = {"gtol": 1e-10, "ftol": 0.0}
 TRACES = [0]  # how many times ``quad`` was traced

@@ -11,8 +11,6 @@ import pytest
 
 import jaxopt_dict as jd
 
-jax.config.update("jax_enable_x64", True)
-
 
 def quartic(x, c):
     return jnp.sum((x - 1.0) ** 2) + c * jnp.sum(x**4)

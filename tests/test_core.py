@@ -36,8 +36,6 @@ from problems import (
 import jaxopt_dict as jd
 from jaxopt_dict._linesearch import Backtracking, backtracking_advance
 
-jax.config.update("jax_enable_x64", True)
-
 GTOL = 1e-5  # SPEC section 2 default
 
 

@@ -7,8 +7,8 @@ optimization (InceptionV3 there; a small fixed random conv net here, as no weigh
 downloaded). Each example is written once, the way a dict-minimize user writes it, and run
 with either ``minimize``: the import swap is the only difference.
 
-Arrays are created as float32 explicitly: other test modules switch ``jax_enable_x64`` on,
-and the blog's setting (and the tolerances below) are float32's.
+Arrays are created as float32 explicitly: the suite runs with ``jax_enable_x64`` on
+(``conftest.py``), and the blog's setting (and the tolerances below) are float32's.
 """
 
 from __future__ import annotations

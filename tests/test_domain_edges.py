@@ -21,8 +21,6 @@ import scipy.optimize as so
 
 import jaxopt_dict as jd
 
-jax.config.update("jax_enable_x64", True)
-
 LINE_SEARCH_METHODS = ["GD", "Newton", "L-BFGS", "L-BFGS-B"]
 
 # Non-finite values each objective returned, by objective name.

@@ -26,9 +26,6 @@ from jaxopt_dict.methods import method_names, resolve_method
 INF = np.inf
 
 
-pytestmark = pytest.mark.usefixtures("float64_module")
-
-
 @pytest.fixture
 def nothing_compiled(compile_log):
     """Fail the test if a solve was compiled: bad input must be caught first."""

@@ -11,8 +11,6 @@ import pytest
 
 import jaxopt_dict as jd
 
-jax.config.update("jax_enable_x64", True)
-
 TARGET = jnp.array([1.0, 2.0, 3.0])
 
 

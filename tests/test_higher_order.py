@@ -15,8 +15,6 @@ import pytest
 
 import jaxopt_dict as jd
 
-jax.config.update("jax_enable_x64", True)
-
 
 def objective(x, a):
     return jnp.sum((x - a) ** 2 * (1.0 + a)) + 0.1 * jnp.sum(x**4)

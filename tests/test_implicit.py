@@ -3,11 +3,8 @@
 References: closed-form ridge regression, and central finite differences.
 """
 
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -23,9 +23,6 @@ import jaxopt_dict as jd
 from jaxopt_dict.methods import lbfgsb, resolve_method
 from jaxopt_dict.methods.optax_rules import OptaxState
 
-jax.config.update("jax_enable_x64", True)
-
-
 # ---------------------------------------------------------------------------------------
 # Method state: init and step produce the same types, shapes and dtypes
 # ---------------------------------------------------------------------------------------

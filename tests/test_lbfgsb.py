@@ -9,9 +9,6 @@ module, so the file compiles about twenty programs.
 import functools
 
 import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import jax.numpy as jnp
 import numpy as np
 import pytest

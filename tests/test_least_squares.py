@@ -18,8 +18,6 @@ from problems_lsq import BOUNDED_PROBLEMS, BY_NAME, MGH_PROBLEMS, NIST_PROBLEMS
 
 import jaxopt_dict as jd
 
-pytestmark = pytest.mark.usefixtures("float64_module")
-
 
 def scipy_solve(problem, method, **kw):
     fun = jax.jit(problem.residuals)

@@ -21,8 +21,6 @@ from problems import jaxpr_equations
 import jaxopt_dict as jd
 from jaxopt_dict import _modified_cholesky as mc
 
-jax.config.update("jax_enable_x64", True)
-
 EPS = np.finfo(np.float64).eps
 
 

@@ -17,8 +17,6 @@ import jaxopt_dict as jd
 from jaxopt_dict import _progress
 from jaxopt_dict._result import status_message
 
-jax.config.update("jax_enable_x64", True)
-
 COEFS = jnp.array([0.0, 1.0, 3.0])  # converge in 2, 6 and 6 L-BFGS iterations
 
 

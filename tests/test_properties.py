@@ -15,9 +15,6 @@ from problems import BOUNDED_METHODS, METHODS, Pair
 
 import jaxopt_dict as jd
 
-jax.config.update("jax_enable_x64", True)
-
-
 # ---------------------------------------------------------------------------------------
 # Random pytree structures on a separable quadratic
 # ---------------------------------------------------------------------------------------

@@ -3,9 +3,6 @@ columns (Householder QR, then one-sided Jacobi: ``lsq_methods._common.factorize`
 LAPACK's (numpy)."""
 
 import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -4,14 +4,11 @@ default; an explicit ``ftol=0`` turns every f-based stop off."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxopt_dict as jd
-
-jax.config.update("jax_enable_x64", True)
 
 
 def gentle_slope(x):

@@ -31,9 +31,6 @@ BOX = (-0.5, 0.5)
 ATOL = 1e-4  # gtol 1e-5 and w >= 1: |x - c| <= 5e-6 at a converged point
 
 
-pytestmark = pytest.mark.usefixtures("float64_module")
-
-
 @contextlib.contextmanager
 def strict(mode: str):
     """Strict promotion, and x64 off for the x64-off mode; yields x's dtype."""

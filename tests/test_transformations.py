@@ -17,8 +17,6 @@ from jax.sharding import Mesh, PartitionSpec
 
 import jaxopt_dict as jd
 
-pytestmark = pytest.mark.usefixtures("float64_module")
-
 
 def objective(x, a):
     """Strictly convex in x; its minimizer depends smoothly on a (2 entries)."""

@@ -18,8 +18,6 @@ import jaxopt_dict as jd
 from jaxopt_dict._loop import checkpointed_loop
 from jaxopt_dict._result import RUNNING
 
-pytestmark = pytest.mark.usefixtures("float64_module")
-
 UNROLLED = {"adjoint": "unrolled"}
 
 

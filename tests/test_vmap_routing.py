@@ -2,11 +2,8 @@
 where that gives every problem its own result, and plain batching otherwise
 (``_programs._vmap_rule``)."""
 
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
