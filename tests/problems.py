@@ -61,6 +61,11 @@ def cast_tree(tree: PyTree, dtype: Any) -> PyTree:
     return jax.tree.map(lambda v: jnp.asarray(v, dtype), tree)
 
 
+def take_row(tree: PyTree, i) -> PyTree:
+    """Problem ``i`` of a batch: entry i of every leaf's leading axis."""
+    return jax.tree.map(lambda v: v[i], tree)
+
+
 def to_numpy(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda v: np.asarray(v, np.float64), tree)
 

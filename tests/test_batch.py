@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from problems import take_row
 
 import jaxopt_dict as jd
 
@@ -24,12 +25,8 @@ STARTS = jax.random.uniform(jax.random.PRNGKey(3), (N, 2), minval=-2.0, maxval=2
 X0 = {"a": STARTS[:, 0], "b": STARTS[:, 1]}
 
 
-def _take(tree, i):
-    return jax.tree.map(lambda v: v[i], tree)
-
-
 def _single(i, method, **kw):
-    return jd.minimize(rosenbrock, _take(X0, i), method=method, **kw)
+    return jd.minimize(rosenbrock, take_row(X0, i), method=method, **kw)
 
 
 @pytest.mark.parametrize("lanes", [1, 5, 100])
@@ -41,7 +38,7 @@ def test_each_result_equals_its_solve_alone(lanes):
         assert int(res.nit[i]) == int(alone.nit)
         assert int(res.nfev[i]) == int(alone.nfev)
         assert int(res.status[i]) == int(alone.status)
-        chex.assert_trees_all_close(_take(res.x, i), alone.x, rtol=1e-10)
+        chex.assert_trees_all_close(take_row(res.x, i), alone.x, rtol=1e-10)
 
 
 def test_iteration_counts_differ_across_the_batch():

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import take_row
 
 import jaxopt_dict as jd
 from jaxopt_dict import _programs
@@ -34,10 +35,6 @@ def queue_runs(monkeypatch):
     return calls
 
 
-def _take(tree, i):
-    return jax.tree.map(lambda v: v[i], tree)
-
-
 def test_vmap_over_starts_runs_the_queue_with_each_result_its_own(queue_runs):
     def rosenbrock(x):
         return 100.0 * (x["b"] - x["a"] ** 2) ** 2 + (1.0 - x["a"]) ** 2
@@ -53,9 +50,9 @@ def test_vmap_over_starts_runs_the_queue_with_each_result_its_own(queue_runs):
         np.testing.assert_array_equal(getattr(res, field), getattr(batch, field))
     chex.assert_trees_all_close(res.x, batch.x, rtol=1e-12)
     for i in (0, 1, 257, B - 1):  # first-wave lanes and refilled ones
-        alone = jd.minimize(rosenbrock, _take(x0, i))
+        alone = jd.minimize(rosenbrock, take_row(x0, i))
         assert int(res.nit[i]) == int(alone.nit) and int(res.nfev[i]) == int(alone.nfev)
-        chex.assert_trees_all_close(_take(res.x, i), alone.x, rtol=1e-9)
+        chex.assert_trees_all_close(take_row(res.x, i), alone.x, rtol=1e-9)
 
 
 def _centers():
