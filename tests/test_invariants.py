@@ -207,6 +207,22 @@ def test_a_stepper_without_step_starts_keeps_its_blocked_norm():
     np.testing.assert_allclose(res.x, [0.9], atol=1e-4)
 
 
+def test_own_stopping_without_step_starts_is_refused():
+    """x0's trip must report a method's own stopping verdict, which ``init`` cannot: a
+    stepper asking for ``own_stopping`` without ``step_starts`` gets a clear error, not an
+    assertion deep in the driver."""
+    inner = resolve_method("GD")
+
+    def make(opts):
+        stepper = inner.make(opts)
+        step = lambda state, ev, box: stepper.step(state, ev, box)
+        return jd.Stepper(stepper.init, step, own_stopping=True)
+
+    method = inner._replace(name="GD with own stopping", make=make)
+    with pytest.raises(ValueError, match="own_stopping=True\\) needs step_starts=True"):
+        jd.minimize(quad_mixed, QUAD_MIXED.x0(), method=method)
+
+
 # ---------------------------------------------------------------------------------------
 # Compilation: no recompiles for new numbers; fun traced at most twice per solve
 # ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
+from jaxopt_dict._method import Box, Evaluation, Stepper
 from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace, status_message
 from jaxopt_dict._tree import (
@@ -294,41 +294,18 @@ def start(
 
 
 def _step(stepper: Stepper, state, trial, ev: Evaluation, box: Box | None, first: jax.Array):
-    """The method's step; on the first trip (``first``), its ``init`` instead (one of the
-    two runs per trip; under vmap the cond is a select, as any per-problem branch).
+    """The method's step (``Stepper.step_starts``: on the first trip, ``first``, it starts
+    the method from ``ev`` at x0).
 
     The new state and trial keep the carry's dtypes exactly (a strongly typed float64
     hyperparameter must not promote a float32 state)."""
-
-    def like_carry(new_state, new_trial):
-        new_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_state, state)
-        # Inside shard_map a state field computed from options alone (not the problem's
-        # data) is not varying over the mesh axes while the carry's is: make it so.
-        new_state = vary_over_manual_axes(new_state)
-        return new_state, optax.tree.cast_like(new_trial, trial)
-
-    if stepper.step_starts:
-        new_state, new_trial, outcome = stepper.step(state, ev, box, first)
-        return *like_carry(new_state, new_trial), outcome
-
-    def as_arrays(outcome: StepOutcome) -> StepOutcome:
-        return outcome._replace(
-            accepted=jnp.asarray(outcome.accepted, bool), failed=jnp.asarray(outcome.failed, bool)
-        )
-
-    def step_here():
-        new_state, new_trial, outcome = stepper.step(state, ev, box)
-        return *like_carry(new_state, new_trial), as_arrays(outcome)
-
-    # The first trip's outcome is not read (``advance`` masks it); zeros of the step's
-    # outcome types, so both branches agree (``blocked_norm`` may be set or not).
-    outcome_types = jax.eval_shape(step_here)[2]
-
-    def start_here():
-        outcome = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), outcome_types)
-        return *like_carry(*stepper.init(ev, box)), outcome
-
-    return jax.lax.cond(first, start_here, step_here)
+    assert stepper.step_starts, "the driver takes steppers through _method.starting_stepper"
+    new_state, new_trial, outcome = stepper.step(state, ev, box, first)
+    new_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_state, state)
+    # Inside shard_map a state field computed from options alone (not the problem's
+    # data) is not varying over the mesh axes while the carry's is: make it so.
+    new_state = vary_over_manual_axes(new_state)
+    return new_state, optax.tree.cast_like(new_trial, trial), outcome
 
 
 def advance(
@@ -385,7 +362,7 @@ def advance(
     small_gradient = jnp.where(take, promoted(jnp.less_equal, pg_norm, gtol), c.small_gradient)
     if stepper.own_stopping:
         # The method's own rules decide (``Stepper.own_stopping``), x0's trip included.
-        assert stepper.step_starts and outcome.stop is not None
+        assert outcome.stop is not None
         converged = jnp.asarray(False)
     elif stepper.has_memory:
         # Two consecutive small gradients, except at x0, where the method is still at rest

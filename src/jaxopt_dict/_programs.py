@@ -38,7 +38,7 @@ import numpy as np
 from jaxopt_dict._compile import jit
 from jaxopt_dict._implicit import with_implicit_diff
 from jaxopt_dict._loop import LoopConfig, advance, finish, run, start
-from jaxopt_dict._method import Box, Method
+from jaxopt_dict._method import Box, Method, starting_stepper
 from jaxopt_dict._problem import Objective
 from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult
@@ -60,7 +60,7 @@ def _run(
 ) -> OptimizeResult:
     method, objective, static_opts, callback = static
     opts = {**dict(static_opts), **dynamic}
-    stepper = method.make(opts)
+    stepper = starting_stepper(method.make(opts))
     evaluate = functools.partial(
         evaluate_objective, objective, args=args, hessian=method.needs_hessian
     )
@@ -278,7 +278,7 @@ def _solve_queue_impl(
     opts = {**dict(static.options), **dynamic}
     progress = _BatchProgress() if opts["progress"] else None
     int_type = jax.ShapeDtypeStruct((), jnp.int32)
-    stepper = static.method.make(opts)
+    stepper = starting_stepper(static.method.make(opts))
     config = LoopConfig(maxiter=opts["maxiter"])
     hessian = static.method.needs_hessian
     evaluate_lanes = jax.vmap(
