@@ -17,16 +17,18 @@ from problems_lbfgs import ALL, BY_NAME, OUTSIDE_THE_BOX, dispatcher
 from scipy.optimize._dcsrch import DCSRCH
 
 import jaxopt_dict as jd
-from jaxopt_dict._linesearch import (
+from jaxopt_dict._options import resolve_options
+from jaxopt_dict._tree import projected_gradient
+from jaxopt_dict.methods import lbfgs
+from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N, compact, two_loop
+from jaxopt_dict.methods.lbfgs.cauchy import cauchy_point
+from jaxopt_dict.methods.lbfgs.compact_stepper import compact_stepper
+from jaxopt_dict.methods.lbfgs.more_thuente import (
     WolfeTask,
     more_thuente_advance,
     more_thuente_start,
     more_thuente_step,
 )
-from jaxopt_dict._options import resolve_options
-from jaxopt_dict._tree import projected_gradient
-from jaxopt_dict.methods import lbfgsb
-from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N
 
 # exp overflows at trial points of the line search (SPEC section 2: rejected trials).
 OVERFLOWS_IN_LINE_SEARCH = {"jennrich_sampson"}
@@ -134,12 +136,12 @@ def test_no_evaluation_outside_the_box():
 
 
 # Unbounded problems of at most ``TWO_LOOP_MAX_N`` variables take the two-loop stepper
-# (``methods/lbfgs.py``); larger ones the compact form (``lbfgsb.py``). The zoo's small
+# (``methods/lbfgs/two_loop.py``); larger ones the compact form (``compact_stepper.py``). The zoo's small
 # problems are also solved with the compact form here, so both meet scipy's counts.
 COMPACT_L_BFGS = jd.Method(
     "L-BFGS (compact form)",
-    lambda opts: lbfgsb._stepper(opts["maxcor"], opts["maxls"], bounded=False),
-    lbfgsb._options(),
+    lambda opts: compact_stepper(opts["maxcor"], opts["maxls"], bounded=False),
+    lbfgs._options(),
     default_maxiter=15000,
 )
 
@@ -442,10 +444,8 @@ def sequential_cauchy(x, g, lower, upper, w, mid, theta):
 def _random_memory(n: int, pairs: int, rng):
     """A limited memory (maxcor 5) with ``pairs`` random pairs pushed (y: s scaled per
     coordinate, plus noise)."""
-    from jaxopt_dict._compact import memory_empty, memory_push
-
-    mem = memory_empty(5, n, jnp.float64)
-    push = jax.jit(memory_push)
+    mem = compact.memory_empty(5, n, jnp.float64)
+    push = jax.jit(compact.memory_push)
     for _ in range(pairs):
         s = rng.normal(size=n)
         y = s * rng.uniform(0.5, 2.0, size=n) + 0.1 * rng.normal(size=n)
@@ -455,9 +455,6 @@ def _random_memory(n: int, pairs: int, rng):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_cauchy_point_matches_sequential_walk(seed):
-    from jaxopt_dict._cauchy import cauchy_point
-    from jaxopt_dict._compact import middle_matrix, w_rows
-
     rng = np.random.default_rng(seed)
     n, pairs = 12, seed % 5  # up to 4 pairs, and none
     lower = np.where(rng.random(n) < 0.7, -rng.random(n), -np.inf)
@@ -468,8 +465,8 @@ def test_cauchy_point_matches_sequential_walk(seed):
     g = rng.normal(size=n)
     g[2] = 0.0
     mem = _random_memory(n, pairs, rng)
-    mid = jax.jit(middle_matrix)(mem)
-    w = np.asarray(jax.jit(w_rows)(mem, jnp.arange(n)))
+    mid = jax.jit(compact.middle_matrix)(mem)
+    w = np.asarray(jax.jit(compact.w_rows)(mem, jnp.arange(n)))
     got = jax.jit(cauchy_point)(x, g, lower, upper, mem, mid)
     xcp, free, c = sequential_cauchy(x, g, lower, upper, w, np.asarray(mid), float(mem.theta))
     np.testing.assert_allclose(np.asarray(got.xcp), xcp, rtol=1e-10, atol=1e-12)
@@ -518,13 +515,10 @@ def _cauchy_case(kind: str, n: int, rng):
 def test_cauchy_point_window_matches_sequential_walk(kind, window):
     """For large n only the smallest breakpoints are sorted (a float32 top_k, then
     float64) and the full sort is the fallback; either way the result is the walk's."""
-    from jaxopt_dict._cauchy import cauchy_point
-    from jaxopt_dict._compact import middle_matrix, w_rows
-
     n = 150
     x, g, lower, upper, mem = _cauchy_case(kind, n, np.random.default_rng(window))
-    mid = jax.jit(middle_matrix)(mem)
-    w = np.asarray(jax.jit(w_rows)(mem, jnp.arange(n)))
+    mid = jax.jit(compact.middle_matrix)(mem)
+    w = np.asarray(jax.jit(compact.w_rows)(mem, jnp.arange(n)))
     got = jax.jit(cauchy_point, static_argnames="window")(
         x, g, lower, upper, mem, mid, window=window
     )
@@ -598,48 +592,45 @@ def test_large_bounded_vmap_equals_single_solves():
 
 def test_two_loop_inverse_is_the_inverse_of_the_compact_matrix():
     """The unbounded L-BFGS's H (two-loop recursion, ``methods/lbfgs.py``) inverts the
-    bounded solver's compact B (``_compact.py``) built from the same pairs, through
+    bounded solver's compact B (``compact.py``) built from the same pairs, through
     wrap-around of both buffers, skipped pushes and a reset."""
-    from jaxopt_dict import _compact
-    from jaxopt_dict.methods import lbfgs
-
     rng = np.random.default_rng(3)
     n, m = 9, 4
-    compact = _compact.memory_empty(m, n, jnp.float64)
-    two_loop = lbfgs.memory_empty(m, n, jnp.float64)
-    push_compact = jax.jit(_compact.memory_push)
-    push_two_loop = jax.jit(lbfgs.memory_push)
-    hg = jax.jit(lbfgs.inverse_times)
+    mem_compact = compact.memory_empty(m, n, jnp.float64)
+    mem_two_loop = two_loop.memory_empty(m, n, jnp.float64)
+    push_compact = jax.jit(compact.memory_push)
+    push_two_loop = jax.jit(two_loop.memory_push)
+    hg = jax.jit(two_loop.inverse_times)
     for k in range(9):
         if k == 6:  # a reset, as after a failed search: both start from H = I
-            compact = _compact.memory_reset(compact, jnp.asarray(True))
-            two_loop = lbfgs.memory_reset(two_loop, jnp.asarray(True))
+            mem_compact = compact.memory_reset(mem_compact, jnp.asarray(True))
+            mem_two_loop = two_loop.memory_reset(mem_two_loop, jnp.asarray(True))
         s = rng.normal(size=n)
         y = s * rng.uniform(0.5, 2.0, size=n)
         when = jnp.asarray(k != 2)  # one pair skipped
-        compact = push_compact(compact, s, y, s @ y, y @ y, s @ s, when)
-        two_loop = push_two_loop(two_loop, s, y, s @ y, y @ y, when)
-        assert int(two_loop.count) == int(compact.count)
-        w = np.asarray(jax.jit(_compact.w_rows)(compact, jnp.arange(n)))
-        mid = np.asarray(jax.jit(_compact.middle_matrix)(compact))
-        b = float(compact.theta) * np.eye(n) - w @ mid @ w.T
+        mem_compact = push_compact(mem_compact, s, y, s @ y, y @ y, s @ s, when)
+        mem_two_loop = push_two_loop(mem_two_loop, s, y, s @ y, y @ y, when)
+        assert int(mem_two_loop.count) == int(mem_compact.count)
+        w = np.asarray(jax.jit(compact.w_rows)(mem_compact, jnp.arange(n)))
+        mid = np.asarray(jax.jit(compact.middle_matrix)(mem_compact))
+        b = float(mem_compact.theta) * np.eye(n) - w @ mid @ w.T
         g = rng.normal(size=n)
-        np.testing.assert_allclose(np.asarray(hg(two_loop, g)), np.linalg.solve(b, g), rtol=1e-8)
+        np.testing.assert_allclose(
+            np.asarray(hg(mem_two_loop, g)), np.linalg.solve(b, g), rtol=1e-8
+        )
 
 
 def test_inverse_times_is_the_inverse_of_the_compact_matrix():
-    from jaxopt_dict._compact import inverse_times, memory_empty, memory_push, middle_matrix, w_rows
-
     rng = np.random.default_rng(3)
     n = 9
-    mem = memory_empty(4, n, jnp.float64)
-    push = jax.jit(memory_push)
+    mem = compact.memory_empty(4, n, jnp.float64)
+    push = jax.jit(compact.memory_push)
     for _ in range(7):  # wraps around the circular buffer
         s = rng.normal(size=n)
         y = s * rng.uniform(0.5, 2.0, size=n)
         mem = push(mem, s, y, s @ y, y @ y, s @ s)
-    w = np.asarray(jax.jit(w_rows)(mem, jnp.arange(n)))
-    b = float(mem.theta) * np.eye(n) - w @ np.asarray(jax.jit(middle_matrix)(mem)) @ w.T
+    w = np.asarray(jax.jit(compact.w_rows)(mem, jnp.arange(n)))
+    b = float(mem.theta) * np.eye(n) - w @ np.asarray(jax.jit(compact.middle_matrix)(mem)) @ w.T
     g = rng.normal(size=n)
-    hg = jax.jit(inverse_times)(mem, g)
+    hg = jax.jit(compact.inverse_times)(mem, g)
     np.testing.assert_allclose(np.asarray(hg), np.linalg.solve(b, g), rtol=1e-8)

@@ -8,7 +8,7 @@ import optax
 
 from jaxopt_dict._method import Method
 from jaxopt_dict.methods.gd import GD
-from jaxopt_dict.methods.lbfgsb import LBFGS, LBFGSB
+from jaxopt_dict.methods.lbfgs import LBFGS, LBFGSB
 from jaxopt_dict.methods.newton import NEWTON
 from jaxopt_dict.methods.optax_rules import ADAM, MOMENTUM, from_gradient_transformation
 from jaxopt_dict.methods.pg import PG

@@ -22,7 +22,7 @@ Newton's modified Cholesky) and applies the inverse. Nothing sits in a ``lax.con
 branch except, for more than 16 unknowns, that solve's fallback factorization.
 
 The numerical inverse is the package's one nested solve: its own driver
-(``_loop.run``) with the L-BFGS method (``lbfgsb.LBFGS``), warm-started at the current x, inside
+(``_loop.run``) with the L-BFGS method (``methods/lbfgs``'s ``LBFGS``), warm-started at the current x, inside
 the same compiled program. It evaluates ``physics`` only, never ``fun``. Its budget and
 tolerance are the options ``inner_maxiter`` (default 15000) and ``inner_gtol`` (default
 1e-5), scipy's ``fmin_l_bfgs_b`` defaults, which the PBDL chapter's numerical inverse uses;
@@ -56,7 +56,7 @@ from jaxopt_dict._loop import LoopConfig, run
 from jaxopt_dict._method import Evaluation, Method, StepOutcome, Stepper
 from jaxopt_dict._options import Option, option_specs, resolve_options, split_static
 from jaxopt_dict._problem import Objective
-from jaxopt_dict.methods.lbfgsb import LBFGS
+from jaxopt_dict.methods.lbfgs import LBFGS
 from jaxopt_dict.methods.newton import newton_direction
 
 PyTree = Any

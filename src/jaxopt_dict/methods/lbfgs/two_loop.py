@@ -1,21 +1,21 @@
 """L-BFGS for small unbounded problems: scipy's L-BFGS-B iteration by the two-loop recursion.
 
 Without bounds, scipy's ``setulb`` skips the Cauchy point and its subspace step is the
-quasi-Newton step ``z = x - H g``. ``lbfgsb.py`` gets ``H g`` from the compact
+quasi-Newton step ``z = x - H g``. ``compact_stepper.py`` gets ``H g`` from the compact
 representation, whose (2m, 2m) matrices dwarf the pairs themselves when n is small: at
 n = 2 and m = 10 a problem would carry about 5.7 KB through the loop for 0.3 KB of
 pairs, and a vmapped batch of small problems pays for every byte on every trip (each
 carried array is selected per problem, per trip). Here ``H g`` comes from the two-loop
-recursion (Nocedal 1980) over the pairs alone, a scan over the m slots; ``lbfgsb``
-picks this stepper for problems without bounds of at most ``TWO_LOOP_MAX_N`` variables
+recursion (Nocedal 1980) over the pairs alone, a scan over the m slots; the package's
+``_dispatch`` picks this stepper for problems without bounds of at most ``TWO_LOOP_MAX_N`` variables
 (measured: 2.5-3x the throughput of the compact form on vmapped 2-D Rosenbrock, 1.7x on
 11-variable logistic regressions; for large n the compact form's few big products beat
 the recursion's 2m dependent passes).
 
 The pairs sit oldest first and shift by one slot when a pair is stored, so every index
 is static (no gathers under vmap); an empty slot has ``rho = 0``, which takes it out of
-the recursion. The state and the start of each search are ``lbfgsb.py``'s
-(``_lbfgs_search.py``); the pair-skipping rule and the restarts after a failed search or
+the recursion. The state and the start of each search are ``compact_stepper.py``'s
+(``search.py``); the pair-skipping rule and the restarts after a failed search or
 a non-descent direction are scipy's, as there: the two give scipy's evaluation counts
 (``tests/test_lbfgsb.py``).
 """
@@ -27,18 +27,25 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxopt_dict._linesearch import WolfeTask, more_thuente_advance, more_thuente_step
 from jaxopt_dict._method import StepOutcome, Stepper
 from jaxopt_dict._tree import all_finite, safe_divide, vdot
 from jaxopt_dict._tree import ravel as ravel_pytree
-from jaxopt_dict.methods._lbfgs_search import (
+from jaxopt_dict.methods.lbfgs.more_thuente import (
+    more_thuente_advance,
+    more_thuente_step,
+)
+from jaxopt_dict.methods.lbfgs.search import (
     WOLFE_GTOL,
     SearchState,
+    gives_up,
+    next_iterate,
+    pair_kept,
+    search_ended,
     start_search,
     trial_point,
 )
 
-TWO_LOOP_MAX_N = 16  # variables; above, L-BFGS(-B) uses the compact form (lbfgsb._dispatch)
+TWO_LOOP_MAX_N = 16  # variables; above, L-BFGS(-B) uses the compact form (``_dispatch``)
 
 
 class PairMemory(NamedTuple):
@@ -122,7 +129,7 @@ def memory_reset(mem: PairMemory, when: jax.Array) -> PairMemory:
     )
 
 
-def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
+def two_loop_stepper(maxcor: int, maxls: int) -> Stepper:
     """L-BFGS with scipy's L-BFGS-B choices, for problems without bounds."""
 
     def init(ev, box):
@@ -150,15 +157,14 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         s0 = state.search
         stp = more_thuente_step(s0)
         search, task = more_thuente_advance(s0, fe, gd, gtol=WOLFE_GTOL)
+        ended, search_failed = search_ended(task, trials, maxls)
         # On the first trip the evaluation is x0's: it is taken as a finished search
         # with nothing to store, and the restart below makes init's state from it.
-        done = (task != WolfeTask.CONTINUE) | first
-        search_failed = ~done & (trials >= maxls)
+        done = ended | first
+        search_failed = search_failed & ~first
         restart = done | search_failed
-        # The pair from the line search; scipy takes s^T y from the slopes along d and
-        # skips it unless s^T y > eps * (-g^T s).
-        sy = (gd - state.gd0) * stp
-        push = done & ~first & (sy > jnp.finfo(dtype).eps * (-state.gd0 * stp))
+        sy, keep = pair_kept(gd, state.gd0, stp, dtype)
+        push = done & ~first & keep
         y = ge - state.g
         yy = vdot(y, y)
         # (No ``materialize`` of these scalars: the recursion's scans read them at a loop
@@ -167,10 +173,7 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
         mem = memory_push(old, stp * state.d, y, sy, yy, push)
         # A failed search drops the memory and retries steepest descent from x once.
         mem = memory_reset(mem, search_failed)
-        x = jnp.where(done, xe, state.x)
-        f = jnp.where(done, fe, state.f)
-        g = jnp.where(done, ge, state.g)
-        iteration = jnp.where(first, 0, state.iter + done.astype(jnp.int32))
+        x, f, g, iteration = next_iterate(state, xe, fe, ge, done, first)
         z = x - inverse_times(mem, g)
         # Not finite or not downhill: scipy drops the memory and steps along -g (as at x0).
         fresh = first | ~(all_finite(z) & (vdot(g, z - x) < 0))
@@ -191,9 +194,7 @@ def lbfgs_stepper(maxcor: int, maxls: int) -> Stepper:
             trials=jnp.where(restart, 0, trials),
             iter=iteration,
         )
-        # Give up when a search fails with an empty memory already (nothing to drop), or
-        # when not even steepest descent goes downhill.
-        failed = (search_failed & (old.count == 0)) | ~(state.gd0 < 0)
+        failed = gives_up(search_failed, old.count, state.gd0)
         return state, unravel(trial_point(state, None)), StepOutcome(done, failed)
 
     return Stepper(init, step, uses_ftol=True, step_starts=True, rejects_nonfinite=True)

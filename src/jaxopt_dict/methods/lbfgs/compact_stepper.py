@@ -2,7 +2,7 @@
 ``setulb`` runs them, folded into the driver's one flat loop.
 
 Each iteration: the generalized Cauchy point along the projected gradient path
-(``_cauchy.py``), a subspace Newton step over the variables free there (the direct primal
+(``cauchy.py``), a subspace Newton step over the variables free there (the direct primal
 method of scipy's ``subsm``), projected onto the box and pulled back to it when the
 projection is not a descent direction (Morales & Nocedal 2011), then a Moré–Thuente
 strong-Wolfe search along ``d = z - x`` whose steps stay at or below the largest feasible
@@ -24,8 +24,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxopt_dict._cauchy import cauchy_point
-from jaxopt_dict._compact import (
+from jaxopt_dict._method import StepOutcome, Stepper
+from jaxopt_dict._tree import dots, in_manual_mesh, materialize, vary_over_manual_axes
+from jaxopt_dict._tree import ravel as ravel_pytree
+from jaxopt_dict.methods.lbfgs.cauchy import cauchy_point
+from jaxopt_dict.methods.lbfgs.compact import (
     Memory,
     inverse_times,
     memory_empty,
@@ -37,22 +40,25 @@ from jaxopt_dict._compact import (
     reduced_inverse_times,
     w_times,
 )
-from jaxopt_dict._linesearch import WolfeTask, more_thuente_advance, more_thuente_step
-from jaxopt_dict._method import Method, StepOutcome, Stepper
-from jaxopt_dict._options import SCIPY_FTOL, Option, line_search_options
-from jaxopt_dict._tree import dots, in_manual_mesh, materialize, vary_over_manual_axes
-from jaxopt_dict._tree import ravel as ravel_pytree
-from jaxopt_dict.methods._lbfgs_search import (
+from jaxopt_dict.methods.lbfgs.more_thuente import (
+    WolfeTask,
+    more_thuente_advance,
+    more_thuente_step,
+)
+from jaxopt_dict.methods.lbfgs.search import (
     WOLFE_GTOL,
     Bounds,
     SearchState,
     clip,
     flat_bounds,
+    gives_up,
+    next_iterate,
+    pair_kept,
     ratio_to_bounds,
+    search_ended,
     start_search,
     trial_point,
 )
-from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N, lbfgs_stepper
 
 
 def _subspace_point(x, g, gcp, mem: Memory, mid, bounds: Bounds):
@@ -96,7 +102,9 @@ def _search_point(x, g, mem: Memory, bounds: Bounds | None, vg: jax.Array | None
     return jnp.where(with_memory, z, gcp.xcp)
 
 
-def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
+def compact_stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
+    """L-BFGS-B in the compact form: with bounds, and without them for n > TWO_LOOP_MAX_N."""
+
     def init(ev, box):
         x, unravel = ravel_pytree(ev.x)
         dtype = x.dtype
@@ -136,12 +144,9 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
                 search, task = more_thuente_advance(s0, fe, gd, gtol=WOLFE_GTOL)
             else:
                 search, task = s0, jnp.asarray(WolfeTask.CONVERGED, jnp.int32)
-            done = task != WolfeTask.CONTINUE
-            # The pair from the line search; scipy takes s^T y from the slopes along d and
-            # skips it unless s^T y > eps * (-g^T s).
-            sy = (gd - state.gd0) * stp
-            push = done & (sy > jnp.finfo(dtype).eps * (-state.gd0 * stp))
-            return search, stp, sy, done, ~done & (trials >= maxls), push
+            done, search_failed = search_ended(task, trials, maxls)
+            sy, keep = pair_kept(gd, state.gd0, stp, dtype)
+            return search, stp, sy, done, search_failed, done & keep
 
         # Most trials satisfy both Wolfe conditions at once and skip the interpolation.
         # The cond also has XLA materialize these scalars once, instead of copying their
@@ -190,10 +195,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # (R^-1 is only read through the valid slots, and a reset leaves none: the next
         # point needs no pass zeroing it; the stored memory gets one below.)
         mem = memory_reset(mem, search_failed)._replace(r_inv=stored.r_inv)
-        x = jnp.where(done, xe, state.x)
-        f = jnp.where(done, fe, state.f)
-        g = jnp.where(done, ge, state.g)
-        iteration = jnp.where(first, 0, state.iter + done.astype(jnp.int32))
+        x, f, g, iteration = next_iterate(state, xe, fe, ge, done, first)
 
         def next_search():
             z = _search_point(x, g, mem, bounds, vg)
@@ -242,53 +244,7 @@ def _stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
             trials=jnp.where(restart, 0, trials),
             iter=iteration,
         )
-        # Give up when a search fails with an empty memory already (nothing to drop), or
-        # when not even steepest descent goes downhill.
-        failed = (search_failed & (count_before == 0)) | ~(state.gd0 < 0)
+        failed = gives_up(search_failed, count_before, state.gd0)
         return state, unravel(trial_point(state, bounds)), StepOutcome(done, failed)
 
     return Stepper(init, step, uses_ftol=True, step_starts=True, rejects_nonfinite=True)
-
-
-def _dispatch(maxcor: int, maxls: int, bounded: bool) -> Stepper:
-    """The stepper for one solve, chosen when it is traced (x's size and whether bounds
-    were given are static): L-BFGS-B proper with bounds; without, for small problems
-    (``n <= TWO_LOOP_MAX_N``), the two-loop L-BFGS of ``lbfgs.py``, which carries a few
-    small arrays instead of the (2m)^2 compact matrices (a vmapped batch of 2-D problems
-    runs 2.5-3x faster); for larger ones the compact form here, whose few large products
-    beat the two-loop's 2m dependent passes (2x on one 1000-D Rosenbrock). All take
-    scipy's steps."""
-    compact = _stepper(maxcor, maxls, bounded)
-    two_loop = lbfgs_stepper(maxcor, maxls)
-
-    def pick(ev, box):
-        small = sum(leaf.size for leaf in jax.tree.leaves(ev.x)) <= TWO_LOOP_MAX_N
-        return two_loop if (box is None or not bounded) and small else compact
-
-    return Stepper(
-        lambda ev, box: pick(ev, box).init(ev, box),
-        lambda state, ev, box, first=False: pick(ev, box).step(state, ev, box, first),
-        uses_ftol=True,
-        step_starts=True,
-        rejects_nonfinite=True,
-    )
-
-
-def _options() -> tuple[Option, ...]:
-    return (Option("maxcor", 10, int, static=True, low=1),) + line_search_options(ftol=SCIPY_FTOL)
-
-
-LBFGSB = Method(
-    "L-BFGS-B",
-    lambda opts: _dispatch(opts["maxcor"], opts["maxls"], bounded=True),
-    _options(),
-    supports_bounds=True,
-    default_maxiter=15000,
-)
-
-LBFGS = Method(
-    "L-BFGS",
-    lambda opts: _dispatch(opts["maxcor"], opts["maxls"], bounded=False),
-    _options(),
-    default_maxiter=15000,
-)

@@ -1,6 +1,7 @@
-"""What L-BFGS (``lbfgs.py``, two-loop) and L-BFGS-B (``lbfgsb.py``, compact form) share:
+"""What L-BFGS's two forms (``two_loop.py``, ``compact_stepper.py``) share:
 the state around a search along ``d = z - x``, started and stepped as scipy's ``lnsrlb``
-does, and the flat box it respects.
+does, scipy's rules around it (when a search has ended, which pair is kept, when to
+restart from steepest descent or give up), and the flat box the search respects.
 
 scipy's choices here set its evaluation counts: the first search of a run starts at
 ``min(1/||d||, stpmax)`` (1 if every variable is boxed), later ones at 1; ``stpmax`` is the
@@ -15,10 +16,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxopt_dict._linesearch import MoreThuente, more_thuente_start, more_thuente_step
 from jaxopt_dict._method import Box
 from jaxopt_dict._tree import dots, safe_divide, safe_sqrt
 from jaxopt_dict._tree import ravel as ravel_pytree
+from jaxopt_dict.methods.lbfgs.more_thuente import (
+    MoreThuente,
+    WolfeTask,
+    more_thuente_start,
+    more_thuente_step,
+)
 
 BIG_STEP = 1e10  # scipy's stpmax when no bound limits the step
 WOLFE_GTOL = 0.9  # dcsrch's curvature constant in L-BFGS-B (its ftol is 1e-3, xtol 0.1)
@@ -112,3 +118,36 @@ def trial_point(state: SearchState, bounds: Bounds | None) -> jax.Array:
     """``x + stp d``; exactly z at stp = 1, clipped against rounding otherwise."""
     stp = more_thuente_step(state.search)
     return jnp.where(stp == 1.0, state.z, clip(state.x + stp * state.d, bounds))
+
+
+def search_ended(task, trials, maxls: int):
+    """``(done, failed)``: the search ended at the evaluated step (dcsrch's task is not
+    CONTINUE: converged, or one of its warnings, which scipy's ``lnsrlb`` accepts), or it
+    failed: still going after ``maxls`` trials."""
+    done = task != WolfeTask.CONTINUE
+    return done, ~done & (trials >= maxls)
+
+
+def pair_kept(gd, gd0, stp, dtype):
+    """``(s^T y, keep)`` for the pair of a finished search: scipy takes ``s^T y`` from the
+    slopes along d (``(g_new - g)^T d * stp``) and stores the pair only if
+    ``s^T y > eps * (-g^T s)`` (``lnsrlb``/``matupd``)."""
+    sy = (gd - gd0) * stp
+    return sy, sy > jnp.finfo(dtype).eps * (-gd0 * stp)
+
+
+def next_iterate(state: SearchState, xe, fe, ge, done, first):
+    """``(x, f, g, iteration)``: the evaluated point becomes the iterate when its search
+    is done; x0's trip (``first``) counts no iteration."""
+    x = jnp.where(done, xe, state.x)
+    f = jnp.where(done, fe, state.f)
+    g = jnp.where(done, ge, state.g)
+    iteration = jnp.where(first, 0, state.iter + done.astype(jnp.int32))
+    return x, f, g, iteration
+
+
+def gives_up(search_failed, pairs_before, gd0):
+    """scipy's end of the road: a search failed with an empty memory already (nothing left
+    to drop before retrying steepest descent), or not even steepest descent goes downhill
+    (``gd0``: the slope of the new search)."""
+    return (search_failed & (pairs_before == 0)) | ~(gd0 < 0)

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxopt_dict._compact import Memory, w_rows, w_transpose
+from jaxopt_dict.methods.lbfgs.compact import Memory, w_rows, w_transpose
 
 WINDOW = 32  # breakpoints examined before falling back to the full sort (large n)
 
@@ -81,7 +81,7 @@ def cauchy_point(
     window: int = WINDOW,
 ) -> CauchyPoint:
     """The generalized Cauchy point from x along ``P(x - t g)`` for ``B`` given by
-    ``mem`` and its middle matrix ``mid`` (see ``_compact.middle_matrix``).
+    ``mem`` and its middle matrix ``mid`` (see ``compact.middle_matrix``).
 
     Args:
       x, g: the iterate (in the box) and the gradient there, flat.
