@@ -21,7 +21,7 @@ from problems import (
 
 import jaxopt_dict as jd
 from jaxopt_dict.methods import resolve_method
-from jaxopt_dict.methods.lbfgs.compact_stepper import compact_stepper
+from jaxopt_dict.methods.lbfgs.compact_stepper import compact_form_stepper
 from jaxopt_dict.methods.optax_rules import OptaxState
 
 # ---------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_first_trip_step_behaves_as_init(name, overrides, bounded):
     problem's, as a ``minimize_batch`` lane has) gives ``init``'s trial, and the two states
     lead to the same trials and outcomes on the following trips."""
     if name is None:  # the compact form without bounds (unbounded problems with n > 16)
-        stepper = compact_stepper(10, 20, bounded=False)
+        stepper = compact_form_stepper(10, 20, bounded=False)
         method = resolve_method("L-BFGS")
     else:
         method = resolve_method(name)

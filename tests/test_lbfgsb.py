@@ -22,7 +22,7 @@ from jaxopt_dict._tree import projected_gradient
 from jaxopt_dict.methods import lbfgs
 from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N, compact, two_loop
 from jaxopt_dict.methods.lbfgs.cauchy import cauchy_point
-from jaxopt_dict.methods.lbfgs.compact_stepper import compact_stepper
+from jaxopt_dict.methods.lbfgs.compact_stepper import compact_form_stepper
 from jaxopt_dict.methods.lbfgs.more_thuente import (
     WolfeTask,
     more_thuente_advance,
@@ -140,7 +140,7 @@ def test_no_evaluation_outside_the_box():
 # problems are also solved with the compact form here, so both meet scipy's counts.
 COMPACT_L_BFGS = jd.Method(
     "L-BFGS (compact form)",
-    lambda opts: compact_stepper(opts["maxcor"], opts["maxls"], bounded=False),
+    lambda opts: compact_form_stepper(opts["maxcor"], opts["maxls"], bounded=False),
     lbfgs._options(),
     default_maxiter=15000,
 )

@@ -23,7 +23,7 @@ import jax
 
 from jaxopt_dict._method import Method, Stepper
 from jaxopt_dict._options import SCIPY_FTOL, Option, line_search_options
-from jaxopt_dict.methods.lbfgs.compact_stepper import compact_stepper
+from jaxopt_dict.methods.lbfgs.compact_stepper import compact_form_stepper
 from jaxopt_dict.methods.lbfgs.two_loop import TWO_LOOP_MAX_N, two_loop_stepper
 
 __all__ = ["LBFGS", "LBFGSB", "TWO_LOOP_MAX_N"]
@@ -37,7 +37,7 @@ def _dispatch(maxcor: int, maxls: int, bounded: bool) -> Stepper:
     runs 2.5-3x faster); for larger ones the compact form (``compact_stepper.py``), whose few large products
     beat the two-loop's 2m dependent passes (2x on one 1000-D Rosenbrock). All take
     scipy's steps."""
-    compact = compact_stepper(maxcor, maxls, bounded)
+    compact = compact_form_stepper(maxcor, maxls, bounded)
     two_loop = two_loop_stepper(maxcor, maxls)
 
     def pick(ev, box):

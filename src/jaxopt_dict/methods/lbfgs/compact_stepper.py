@@ -102,7 +102,7 @@ def _search_point(x, g, mem: Memory, bounds: Bounds | None, vg: jax.Array | None
     return jnp.where(with_memory, z, gcp.xcp)
 
 
-def compact_stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
+def compact_form_stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
     """L-BFGS-B in the compact form: with bounds, and without them for n > TWO_LOOP_MAX_N."""
 
     def init(ev, box):
