@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxopt_dict._method import Box, Evaluation, Stepper
+from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace, status_message
 from jaxopt_dict._tree import (
@@ -293,13 +293,64 @@ def start(
     )
 
 
+def starting_stepper(stepper: Stepper) -> Stepper:
+    """``stepper`` in the driver's one calling convention, ``step(state, ev, box, first)``
+    (``Stepper.step_starts``). A stepper written without it keeps its two functions: the
+    new ``step`` runs ``init`` on the first trip and the old ``step`` on the others, picked
+    by a ``lax.cond`` (under ``vmap`` a select: both run). Both branches give the state's
+    dtypes and x's; on the first trip the outcome is zeros of ``step``'s outcome types
+    (the driver does not read it then).
+
+    Raises:
+      ValueError: ``own_stopping`` without ``step_starts`` (x0's trip must report the
+        method's own verdict, which ``init`` cannot).
+    """
+    if stepper.step_starts:
+        return stepper
+    if stepper.own_stopping:
+        raise ValueError(
+            "Stepper(own_stopping=True) needs step_starts=True: x0's trip must report the "
+            "method's own stopping verdict (StepOutcome.stop), and init returns none."
+        )
+    init, step = stepper.init, stepper.step
+
+    def step_or_start(state, ev, box, first):
+        def like(new_state, new_trial):
+            # The state's and x's dtypes exactly: init's may differ (a float64 constant).
+            new_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_state, state)
+            # Both branches varying over shard_map's axes, as the cond there requires (a
+            # field init computes from options alone does not vary; step's do).
+            new_state = vary_over_manual_axes(new_state)
+            return new_state, optax.tree.cast_like(new_trial, ev.x)
+
+        def as_arrays(outcome: StepOutcome) -> StepOutcome:
+            return outcome._replace(
+                accepted=jnp.asarray(outcome.accepted, bool),
+                failed=jnp.asarray(outcome.failed, bool),
+            )
+
+        def step_here():
+            new_state, new_trial, outcome = step(state, ev, box)
+            return *like(new_state, new_trial), as_arrays(outcome)
+
+        outcome_types = jax.eval_shape(step_here)[2]
+
+        def start_here():
+            outcome = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), outcome_types)
+            return *like(*init(ev, box)), outcome
+
+        return jax.lax.cond(first, start_here, step_here)
+
+    return stepper._replace(step=step_or_start, step_starts=True)
+
+
 def _step(stepper: Stepper, state, trial, ev: Evaluation, box: Box | None, first: jax.Array):
     """The method's step (``Stepper.step_starts``: on the first trip, ``first``, it starts
     the method from ``ev`` at x0).
 
     The new state and trial keep the carry's dtypes exactly (a strongly typed float64
     hyperparameter must not promote a float32 state)."""
-    assert stepper.step_starts, "the driver takes steppers through _method.starting_stepper"
+    assert stepper.step_starts, "the driver takes steppers through starting_stepper"
     new_state, new_trial, outcome = stepper.step(state, ev, box, first)
     new_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_state, state)
     # Inside shard_map a state field computed from options alone (not the problem's

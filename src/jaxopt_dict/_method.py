@@ -33,8 +33,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
-import optax
 
 from jaxopt_dict._options import Option
 
@@ -104,7 +102,7 @@ class Stepper(NamedTuple):
       step: ``(state, ev, box) -> (state, x_trial, StepOutcome)``: consume the
         evaluation at the last trial point. ``state`` must keep its types and dtypes.
         With ``step_starts``, ``(state, ev, box, first)``: the one convention the driver
-        calls (``starting_stepper`` gives it to a stepper written without).
+        calls (``_loop.starting_stepper`` gives it to a stepper written without).
       uses_ftol: the driver applies scipy's relative-reduction rule (``ftol``).
       has_memory: the update carries momentum, so a small gradient at one iterate does
         not mean the method has come to rest (Adam coasts through a saddle); the driver
@@ -118,7 +116,7 @@ class Stepper(NamedTuple):
         program has one copy of the method instead of two, and a batch lane starts a new
         problem without a separate pass over its state. Otherwise ``init`` runs on the
         first trip and ``step`` on the others, picked by a ``lax.cond`` (under ``vmap`` a
-        select: both run; see ``starting_stepper``).
+        select: both run; see ``_loop.starting_stepper``).
       rejects_nonfinite: ``step`` treats a trial where f or the gradient is not finite
         as a rejected trial of its line search (it arrives with ``ev.f = +inf``) and
         asks for another point; the solve ends with ``Status.NONFINITE`` only if the
@@ -173,51 +171,3 @@ class Method(NamedTuple):
     default_maxiter: int = 1000
     prepare: Callable[[Any, Mapping[str, Any]], Any] | None = None
     long_tail: bool = False
-
-
-def starting_stepper(stepper: Stepper) -> Stepper:
-    """``stepper`` in the driver's one calling convention, ``step(state, ev, box, first)``
-    (``Stepper.step_starts``). A stepper written without it keeps its two functions: the
-    new ``step`` runs ``init`` on the first trip and the old ``step`` on the others, picked
-    by a ``lax.cond`` (under ``vmap`` a select: both run). Both branches give the state's
-    dtypes and x's; on the first trip the outcome is zeros of ``step``'s outcome types
-    (the driver does not read it then).
-
-    Raises:
-      ValueError: ``own_stopping`` without ``step_starts`` (x0's trip must report the
-        method's own verdict, which ``init`` cannot).
-    """
-    if stepper.step_starts:
-        return stepper
-    if stepper.own_stopping:
-        raise ValueError(
-            "Stepper(own_stopping=True) needs step_starts=True: x0's trip must report the "
-            "method's own stopping verdict (StepOutcome.stop), and init returns none."
-        )
-    init, step = stepper.init, stepper.step
-
-    def step_or_start(state, ev, box, first):
-        def like(new_state, new_trial):
-            # The state's and x's dtypes exactly: init's may differ (a float64 constant).
-            new_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_state, state)
-            return new_state, optax.tree.cast_like(new_trial, ev.x)
-
-        def as_arrays(outcome: StepOutcome) -> StepOutcome:
-            return outcome._replace(
-                accepted=jnp.asarray(outcome.accepted, bool),
-                failed=jnp.asarray(outcome.failed, bool),
-            )
-
-        def step_here():
-            new_state, new_trial, outcome = step(state, ev, box)
-            return *like(new_state, new_trial), as_arrays(outcome)
-
-        outcome_types = jax.eval_shape(step_here)[2]
-
-        def start_here():
-            outcome = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), outcome_types)
-            return *like(*init(ev, box)), outcome
-
-        return jax.lax.cond(first, start_here, step_here)
-
-    return stepper._replace(step=step_or_start, step_starts=True)

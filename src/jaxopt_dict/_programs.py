@@ -37,8 +37,8 @@ import numpy as np
 
 from jaxopt_dict._compile import jit
 from jaxopt_dict._implicit import with_implicit_diff
-from jaxopt_dict._loop import LoopConfig, advance, finish, run, start
-from jaxopt_dict._method import Box, Method, starting_stepper
+from jaxopt_dict._loop import LoopConfig, advance, finish, run, start, starting_stepper
+from jaxopt_dict._method import Box, Method
 from jaxopt_dict._problem import Objective
 from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult

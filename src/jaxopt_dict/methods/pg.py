@@ -22,11 +22,11 @@ Newton's modified Cholesky) and applies the inverse. Nothing sits in a ``lax.con
 branch except, for more than 16 unknowns, that solve's fallback factorization.
 
 The numerical inverse is the package's one nested solve: its own driver
-(``_loop.run``) with the L-BFGS method (``methods/lbfgs``'s ``LBFGS``), warm-started at the current x, inside
-the same compiled program. It evaluates ``physics`` only, never ``fun``. Its budget and
-tolerance are the options ``inner_maxiter`` (default 15000) and ``inner_gtol`` (default
-1e-5), scipy's ``fmin_l_bfgs_b`` defaults, which the PBDL chapter's numerical inverse uses;
-the rest are L-BFGS's defaults. On the chapter's example (float32) its iterates stay within
+(``_loop.run``) with the L-BFGS method (``methods/lbfgs``'s ``LBFGS``), warm-started at
+the current x, inside the same compiled program. It evaluates ``physics`` only, never
+``fun``. Its budget and tolerance are the options ``inner_maxiter`` (default 15000) and
+``inner_gtol`` (default 1e-5), scipy's ``fmin_l_bfgs_b`` defaults, which the PBDL
+chapter's numerical inverse uses; the rest are L-BFGS's defaults. On the chapter's example (float32) its iterates stay within
 3e-6 of the analytic inverse's, as the chapter's scipy version does. The inner solve
 appears once in the program: ``step`` also does the first trip (``step_starts``), and
 ``init`` is only traced for its types.
