@@ -7,8 +7,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, PartitionSpec
 from problems import (
     COSH,
     METHODS,
@@ -206,6 +208,40 @@ def test_a_stepper_without_step_starts_keeps_its_blocked_norm():
     )
     assert int(res.status) == jd.Status.CONVERGED, res.message
     np.testing.assert_allclose(res.x, [0.9], atol=1e-4)
+
+
+def test_a_stepper_without_step_starts_runs_inside_shard_map():
+    """The first trip's cond between a user's ``init`` and ``step`` inside ``shard_map``:
+    ``init`` makes the step count from a constant, which does not vary over the mesh axis
+    while ``step``'s count does; both branches must be marked varying, or the cond fails
+    its varying-axes check."""
+    mesh = Mesh(np.array(jax.devices()[:1]), ("batch",))
+    spec = PartitionSpec("batch")
+
+    def make(opts):
+        def advance(ev):
+            return optax.tree.add_scale(ev.x, -0.25, ev.g)
+
+        def init(ev, box):
+            return jnp.zeros((), jnp.int32), advance(ev)
+
+        def step(count, ev, box):
+            return count + 1, advance(ev), jd.StepOutcome(accepted=True)
+
+        return jd.Stepper(init, step)
+
+    method = jd.Method("GD with a step count", make)
+
+    def solve(x0):
+        return jd.minimize(lambda x: jnp.sum((x - 0.9) ** 2), x0, method=method).x
+
+    # One problem per shard. (A vmap inside the shard_map body fails its varying-axes
+    # check for such a stepper, before this change too: see the session notes.)
+    shard = lambda x: solve(x[0])[None]
+    sharded = jax.jit(jax.shard_map(shard, mesh=mesh, in_specs=spec, out_specs=spec))
+    start = jnp.full((1, 3), 2.0)
+    np.testing.assert_allclose(sharded(start)[0], solve(start[0]), rtol=1e-12)
+    np.testing.assert_allclose(sharded(start), 0.9, atol=1e-5)
 
 
 def test_own_stopping_without_step_starts_is_refused():
