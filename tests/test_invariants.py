@@ -211,10 +211,10 @@ def test_a_stepper_without_step_starts_keeps_its_blocked_norm():
 
 
 def test_a_stepper_without_step_starts_runs_inside_shard_map():
-    """The first trip's cond between a user's ``init`` and ``step`` inside ``shard_map``:
-    ``init`` makes the step count from a constant, which does not vary over the mesh axis
-    while ``step``'s count does; both branches must be marked varying, or the cond fails
-    its varying-axes check."""
+    """A user's stepper without ``step_starts`` inside ``shard_map``, one problem per shard
+    and vmapped in the body: ``init`` makes the step count from a constant, which does
+    not vary over the mesh axis while ``step``'s count does. A cond between them failed
+    JAX's varying-axes check under the vmap; there the driver selects between both."""
     mesh = Mesh(np.array(jax.devices()[:1]), ("batch",))
     spec = PartitionSpec("batch")
 
@@ -233,15 +233,17 @@ def test_a_stepper_without_step_starts_runs_inside_shard_map():
     method = jd.Method("GD with a step count", make)
 
     def solve(x0):
-        return jd.minimize(lambda x: jnp.sum((x - 0.9) ** 2), x0, method=method).x
+        return jd.minimize(lambda x: jnp.sum((x - 0.9) ** 2), x0, method=method)
 
-    # One problem per shard. (A vmap inside the shard_map body fails its varying-axes
-    # check for such a stepper, before this change too: see the session notes.)
-    shard = lambda x: solve(x[0])[None]
-    sharded = jax.jit(jax.shard_map(shard, mesh=mesh, in_specs=spec, out_specs=spec))
-    start = jnp.full((1, 3), 2.0)
-    np.testing.assert_allclose(sharded(start)[0], solve(start[0]), rtol=1e-12)
-    np.testing.assert_allclose(sharded(start), 0.9, atol=1e-5)
+    starts = jnp.stack([jnp.zeros(3), jnp.full(3, 2.0)])
+    alone = [solve(x0) for x0 in starts]
+    one = lambda x: solve(x[0]).x[None]
+    per_shard = jax.jit(jax.shard_map(one, mesh=mesh, in_specs=spec, out_specs=spec))
+    np.testing.assert_allclose(per_shard(starts[1:])[0], alone[1].x, rtol=1e-12)
+    vmapped = lambda x: jax.vmap(solve)(x).x
+    in_body = jax.jit(jax.shard_map(vmapped, mesh=mesh, in_specs=spec, out_specs=spec))
+    np.testing.assert_allclose(in_body(starts), [r.x for r in alone], rtol=1e-12)
+    np.testing.assert_allclose(in_body(starts), 0.9, atol=1e-5)
 
 
 def test_own_stopping_without_step_starts_is_refused():

@@ -27,6 +27,7 @@ from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace, status_message
 from jaxopt_dict._tree import (
+    in_manual_mesh,
     inf_norms,
     project,
     projected_gradient,
@@ -297,9 +298,11 @@ def starting_stepper(stepper: Stepper) -> Stepper:
     """``stepper`` in the driver's one calling convention, ``step(state, ev, box, first)``
     (``Stepper.step_starts``). A stepper written without it keeps its two functions: the
     new ``step`` runs ``init`` on the first trip and the old ``step`` on the others, picked
-    by a ``lax.cond`` (under ``vmap`` a select: both run). Both branches give the state's
-    dtypes and x's; on the first trip the outcome is zeros of ``step``'s outcome types
-    (the driver does not read it then).
+    by a ``lax.cond`` (under ``vmap`` a select: both run; inside ``shard_map`` a select
+    too, as the built-in steppers do there: the cond's branches failed JAX's varying-axes
+    check under a vmap in the body). Both give the state's dtypes and x's; on the first
+    trip the outcome is zeros of ``step``'s outcome types (the driver does not read it
+    then).
 
     Raises:
       ValueError: ``own_stopping`` without ``step_starts`` (x0's trip must report the
@@ -318,8 +321,8 @@ def starting_stepper(stepper: Stepper) -> Stepper:
         def like(new_state, new_trial):
             # The state's and x's dtypes exactly: init's may differ (a float64 constant).
             new_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_state, state)
-            # Both branches varying over shard_map's axes, as the cond there requires (a
-            # field init computes from options alone does not vary; step's do).
+            # Both sides varying over shard_map's axes, as the carry is (a field init
+            # computes from options alone does not vary; step's do).
             new_state = vary_over_manual_axes(new_state)
             return new_state, optax.tree.cast_like(new_trial, ev.x)
 
@@ -339,6 +342,9 @@ def starting_stepper(stepper: Stepper) -> Stepper:
             outcome = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), outcome_types)
             return *like(*init(ev, box)), outcome
 
+        if in_manual_mesh():
+            pick = lambda a, b: jnp.where(first, a, b)
+            return jax.tree.map(pick, start_here(), step_here())
         return jax.lax.cond(first, start_here, step_here)
 
     return stepper._replace(step=step_or_start, step_starts=True)
