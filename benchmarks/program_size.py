@@ -23,6 +23,9 @@ each wrapped as in ``common.py``, same ``gtol``), on 10-D and 1000-D Rosenbrock 
   ``convolution`` / ``concatenate`` / ``dynamic-update-slice``... each count one. The kernels
   of ``conditional`` branches (all branches summed; only one runs) and of loops nested
   in the body (kernels per *inner* trip) are counted apart: ``+b`` and ``+i`` in the table.
+  A nested loop that XLA:CPU compiled whole (its pass for loops that access under 1 kB
+  wraps it in a ``call`` tagged ``xla_cpu_small_call``: the trip runs it as one kernel)
+  counts one kernel of the trip, and nothing per inner trip.
 - **compile s**: trace + lower + XLA compile, wall time, median of 3 fresh compiles: each
   after ``jax.clear_caches()``, of a new function object with its own name (the module
   name is part of JAX's persistent-cache key, so no cache can serve it).
@@ -180,15 +183,18 @@ CALLED = re.compile(
     r"(calls|condition|body|to_apply|true_computation|false_computation)=%([\w.\-]+)"
 )
 BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+ONE_KERNEL = 'xla_cpu_small_call="true"'  # a loop XLA:CPU hoisted into one kernel
 FRAME = re.compile(r"stack_frame_id=(\d+)")
 
 
 class Instr(NamedTuple):
-    """One HLO instruction: its opcode, the computations it calls by role, its frame."""
+    """One HLO instruction: its opcode, the computations it calls by role, its frame, and
+    whether it is a ``call`` XLA:CPU compiles as one kernel (``xla_cpu_small_call``)."""
 
     opcode: str
     called: dict
     frame: int | None
+    one_kernel: bool = False
 
 
 def parse_hlo(text: str) -> tuple[dict, str]:
@@ -211,7 +217,10 @@ def parse_hlo(text: str) -> tuple[dict, str]:
             for role in ("true_computation", "false_computation"):
                 called["branch"] += called.pop(role, [])
             frame = FRAME.search(rest)
-            current.append(Instr(m.group(1), dict(called), frame and int(frame.group(1))))
+            one_kernel = m.group(1) == "call" and ONE_KERNEL in rest
+            current.append(
+                Instr(m.group(1), dict(called), frame and int(frame.group(1)), one_kernel)
+            )
     return comps, entry
 
 
@@ -221,35 +230,42 @@ class Program:
     def __init__(self, text: str):
         self.comps, self.entry = parse_hlo(text)
 
-    def direct(self, comp: str) -> list[Instr]:
-        """The kernels of a computation run once, ``call`` targets inlined."""
+    def direct(self, comp: str, whole: bool = True) -> list[Instr]:
+        """The kernels of a computation run once, ``call`` targets inlined; a call XLA
+        compiles whole is one kernel if ``whole``, else inlined too (to count fusions)."""
         out = []
         for ins in self.comps[comp]:
-            if ins.opcode == "call":
-                out += [k for c in ins.called.get("to_apply", []) for k in self.direct(c)]
+            if ins.one_kernel and whole:
+                out.append(ins)
+            elif ins.opcode == "call":
+                out += [k for c in ins.called.get("to_apply", []) for k in self.direct(c, whole)]
             elif ins.opcode not in FREE and ins.opcode not in CONTROL:
                 out.append(ins)
         return out
 
-    def control(self, comp: str, opcode: str) -> list[Instr]:
-        """The ``while`` or ``conditional`` instructions of a computation (calls inlined)."""
+    def control(self, comp: str, opcode: str, whole: bool = True) -> list[Instr]:
+        """The ``while`` or ``conditional`` instructions of a computation (calls inlined;
+        not those inside a call XLA compiles whole, if ``whole``)."""
         out = [i for i in self.comps[comp] if i.opcode == opcode]
         for ins in self.comps[comp]:
-            if ins.opcode == "call":
-                out += [k for c in ins.called.get("to_apply", []) for k in self.control(c, opcode)]
+            if ins.opcode == "call" and not (ins.one_kernel and whole):
+                targets = ins.called.get("to_apply", [])
+                out += [k for c in targets for k in self.control(c, opcode, whole)]
         return out
 
-    def children(self, comp: str) -> list[str]:
-        loops = self.control(comp, "while")
-        conds = self.control(comp, "conditional")
+    def children(self, comp: str, whole: bool = True) -> list[str]:
+        loops = self.control(comp, "while", whole)
+        conds = self.control(comp, "conditional", whole)
         return [c for w in loops for c in w.called["condition"] + w.called["body"]] + [
             b for c in conds for b in c.called["branch"]
         ]
 
     def total(self, comp: str, opcode: str | None = None) -> int:
-        """Kernels (or instructions of ``opcode``) in ``comp`` and all it runs, once each."""
-        mine = [i for i in self.direct(comp) if opcode is None or i.opcode == opcode]
-        return len(mine) + sum(self.total(c, opcode) for c in self.children(comp))
+        """Kernels (or instructions of ``opcode``, those in calls XLA compiles whole
+        included) in ``comp`` and all it runs, once each."""
+        whole = opcode is None
+        mine = [i for i in self.direct(comp, whole) if whole or i.opcode == opcode]
+        return len(mine) + sum(self.total(c, opcode) for c in self.children(comp, whole))
 
     def loop_counts(self, loop: Instr) -> dict:
         parts = loop.called["body"] + loop.called["condition"]
