@@ -50,6 +50,8 @@ def child(keys: list[str], repeats: int, batch: bool) -> None:
     import common as C
     import program_size as P
 
+    from jaxopt_dict._compile import compiler_options
+
     workloads = {
         **{f"rosen{n}": (lambda n=n: C.rosenbrock_single(n)) for n in (2, 10, 100, 1000)},
         "logreg": lambda: C.logreg_single(1000, 100),
@@ -66,7 +68,8 @@ def child(keys: list[str], repeats: int, batch: bool) -> None:
         for s in solvers:
             row = {"workload": w.name, "solver": s.name}
             try:
-                options = P.LEVER if s.ours else None  # as each is compiled by default
+                # As each is compiled when called at top level (ours: with our options).
+                options = compiler_options() if s.ours else None
                 compiled, _, seconds = P.compiles(s, w, inputs, 1, options, tag="s")
                 out = jax.block_until_ready(compiled(*inputs))
                 times, t_end = [], time.perf_counter() + 3.0
@@ -192,7 +195,7 @@ def main(argv=None) -> None:
     meta = {
         "title": "# XLA:CPU's small-while-loop threshold: single solves, ours and the peers",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python benchmarks/xla_small_loops.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/xla_small_loops.py", *(argv or sys.argv[1:])]),
         "machine": C.machine(),
         "versions": C.versions(),
         "load_start": load_start,
