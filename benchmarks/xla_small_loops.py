@@ -3,10 +3,11 @@
     python benchmarks/xla_small_loops.py [--quick] [--thresholds 1000000,1000000000]
                                           [--out benchmarks/results/XLA_SMALL_LOOPS.md]
 
-Since jax 0.7, XLA:CPU runs each kernel of a loop body as a thunk of its own, so a trip
-costs its kernel count times a fixed overhead (``program_size.py`` counts the kernels). One
-pass undoes that: a ``while`` whose cost analysis accesses fewer bytes than
-``xla_cpu_small_while_loop_byte_threshold`` (1024 by default) is compiled whole, as one
+XLA:CPU's runtime runs each kernel of a loop body as a thunk of its own, so a trip costs
+its kernel count times a fixed overhead (``program_size.py`` counts the kernels). One pass
+undoes that: a ``while`` whose cost analysis accesses fewer bytes than
+``xla_cpu_small_while_loop_byte_threshold`` (1024 by default in jaxlib 0.10.2; jaxlib
+0.12 compiles our unbounded solves' loops whole by itself) is compiled whole, as one
 kernel. The threshold is an ``xla_backend_extra_options`` entry: ``jax.jit``'s
 ``compiler_options`` cannot set it (a map field), only ``XLA_FLAGS`` can, read once when
 XLA starts, for every program of the process. So this script runs one child process per
