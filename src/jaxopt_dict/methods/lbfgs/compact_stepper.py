@@ -1,5 +1,5 @@
-"""L-BFGS-B (Byrd, Lu, Nocedal & Zhu 1995; Morales & Nocedal 2011) and L-BFGS, as scipy's
-``setulb`` runs them, folded into the driver's one flat loop.
+"""The compact-form stepper (Byrd, Lu, Nocedal & Zhu 1995; Morales & Nocedal 2011): every
+solve with bounds, and those without of more than ``TWO_LOOP_MAX_N`` variables.
 
 Each iteration: the generalized Cauchy point along the projected gradient path
 (``cauchy.py``), a subspace Newton step over the variables free there (the direct primal
