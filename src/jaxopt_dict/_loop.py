@@ -321,9 +321,6 @@ def starting_stepper(stepper: Stepper) -> Stepper:
         def like(new_state, new_trial):
             # The state's and x's dtypes exactly: init's may differ (a float64 constant).
             new_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_state, state)
-            # Both sides varying over shard_map's axes, as the carry is (a field init
-            # computes from options alone does not vary; step's do).
-            new_state = vary_over_manual_axes(new_state)
             return new_state, optax.tree.cast_like(new_trial, ev.x)
 
         def as_arrays(outcome: StepOutcome) -> StepOutcome:

@@ -26,8 +26,9 @@ The numerical inverse is the package's one nested solve: its own driver
 the current x, inside the same compiled program. It evaluates ``physics`` only, never
 ``fun``. Its budget and tolerance are the options ``inner_maxiter`` (default 15000) and
 ``inner_gtol`` (default 1e-5), scipy's ``fmin_l_bfgs_b`` defaults, which the PBDL
-chapter's numerical inverse uses; the rest are L-BFGS's defaults. On the chapter's example (float32) its iterates stay within
-3e-6 of the analytic inverse's, as the chapter's scipy version does. The inner solve
+chapter's numerical inverse uses; the rest are L-BFGS's defaults. On the chapter's example
+(float32) its iterates stay within 3e-6 of the analytic inverse's, as the chapter's scipy
+version does. The inner solve
 appears once in the program: ``step`` also does the first trip (``step_starts``), and
 ``init`` is only traced for its types.
 
