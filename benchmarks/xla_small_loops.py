@@ -21,8 +21,8 @@ default method, which runs its queue at that size; optax's L-BFGS; optimistix's 
 best peer there in ``run.py``): throughput, as ``run.py`` measures it.
 
 Compile: trace + lower + XLA compile of a fresh function (one per row and setting).
-Steady: median of the calls after a warm-up (up to ``--repeats``, at least 3, within about
-3 s per row).
+Steady: median of ``--repeats`` calls after a warm-up, the rows of one workload timed
+round-robin (``common.time_round_robin``), as in ``program_size.py``.
 """
 
 from __future__ import annotations
@@ -66,23 +66,27 @@ def child(keys: list[str], repeats: int, batch: bool) -> None:
     for key in keys:
         w = workloads[key]()
         inputs = (w.x0, *w.args)
+        pending = []
         for s in solvers:
             row = {"workload": w.name, "solver": s.name}
             try:
                 # As each is compiled when called at top level (ours: with our options).
                 options = compiler_options() if s.ours else None
                 compiled, _, seconds = P.compiles(s, w, inputs, 1, options, tag="s")
-                out = jax.block_until_ready(compiled(*inputs))
-                times, t_end = [], time.perf_counter() + 3.0
-                while len(times) < repeats and (len(times) < 3 or time.perf_counter() < t_end):
-                    t0 = time.perf_counter()
-                    jax.block_until_ready(compiled(*inputs))
-                    times.append(time.perf_counter() - t0)
-                nfev = -1 if out.nfev is None else int(out.nfev)
-                row.update(compile_s=seconds[0], steady_ms=1e3 * statistics.median(times))
-                row.update(nit=int(out.nit), nfev=nfev, calls=len(times))
+                row["compile_s"] = seconds[0]
+                pending.append((row, P.Timed(compiled, inputs)))
             except Exception as exc:  # noqa: BLE001  (a row that fails is reported)
                 row["error"] = C.first_line(exc)
+                pending.append((row, None))
+        # The rows of a workload in rounds, each calling every row once (as everywhere in
+        # benchmarks/): load on the shared machine hits all of them alike.
+        C.time_round_robin([timed for _, timed in pending], repeats)
+        for row, timed in pending:
+            if timed is not None:
+                out = timed.out
+                nfev = -1 if out.nfev is None else int(out.nfev)
+                row.update(steady_ms=1e3 * statistics.median(timed.times), calls=len(timed.times))
+                row.update(nit=int(out.nit), nfev=nfev)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if batch:
