@@ -59,11 +59,11 @@ def _reduce(tree: PyTree, term, combine, whole) -> jax.Array:
     whatever reads it; a reduction is a kernel of its own, one more pass over the batch per
     trip when small problems are vmapped (measured on 1000 vmapped 2-D Rosenbrocks with
     the two-loop L-BFGS: 20 fewer kernels, about 12% less time per trip). Larger leaves
-    use ``whole(leaf)``. Written out, a leaf costs three jaxpr equations per entry against
-    two for the whole: above 4 entries the solve compiles slower and runs no faster
-    (L-BFGS on 10-D Rosenbrock with the limit at 16: 1,128 equations against 822, compile
-    1.3-1.4x, steady 1.05-1.25x; 1,000 vmapped 8-D ones 1.16x the time, 200x10 logistic
-    regressions within noise; side by side, one process).
+    use ``whole(leaf)``. Written out, a leaf costs three jaxpr equations per entry, against
+    about two for the whole leaf: above 4 entries the solve compiles slower and runs no
+    faster (L-BFGS on 10-D Rosenbrock with the limit at 16: 1,128 equations against 822,
+    compile 1.3-1.4x, steady 1.05-1.25x; 1,000 vmapped 8-D ones 1.16-1.27x the time,
+    200x10 logistic regressions within noise; side by side, one process).
     """
     leaves = [jnp.asarray(leaf) for leaf in jax.tree.leaves(tree)]
     # term(0) starts every fold here: 0 for sums, |0| for max, isfinite(0) for and.
