@@ -149,7 +149,8 @@ def table(settings: list[str], by_setting: dict[str, list[dict]]) -> list[str]:
 
 
 def batch_table(settings: list[str], by_setting: dict[str, list[dict]]) -> list[str]:
-    """Throughput of the vmapped batch under each setting, and ours over each peer."""
+    """Throughput, compile time and share solved of the vmapped batch under each setting,
+    and each solver's throughput against its own at XLA's default."""
     head = ["solver"] + [f"problems/s ({s})" for s in settings]
     head += [f"compile s ({s})" for s in settings] + [f"ok ({s})" for s in settings]
     head += [f"{s} / default" for s in settings[1:]]
@@ -213,8 +214,9 @@ def main(argv=None) -> None:
         f"bytes), the others with `XLA_FLAGS=--xla_backend_extra_options={OPTION}=N`. "
         "Every solve float64, gtol = 1e-5, `program_size.py`'s workloads and wrappers (ours "
         "compiled with our compile option, as `jd.minimize` compiles its own programs); "
-        "compile = one fresh compile; steady = median of the calls after a warm-up. What the "
-        "flag is and why: the docstring of `benchmarks/xla_small_loops.py`."
+        "compile = one fresh compile; steady = median of the calls after a warm-up, the rows "
+        "of a workload timed round-robin. What the flag is and why: the docstring of "
+        "`benchmarks/xla_small_loops.py`."
     )
     L = R.header_lines(meta, settings_text)
     L += ["## Single solves\n"] + table(settings, by_setting)
