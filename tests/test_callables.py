@@ -141,6 +141,36 @@ def test_a_mutated_array_gives_the_new_answer():
     np.testing.assert_allclose(second.x, solution([-1.0, -2.0, -3.0]), rtol=1e-8)
 
 
+class Target:
+    """A plain class holding no array: hashed by identity, its target a float."""
+
+    def __init__(self, c):
+        self.c = c
+        self.inner = Plain(None)  # a nested plain object, keyed by its attributes too
+
+    def loss(self, x):
+        return quad(x, jnp.full(3, self.c))
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["bound_method", "partial"])
+def test_a_mutated_float_attribute_gives_the_new_answer(bound):
+    # Before: an object holding no array was kept whole, keyed by identity, so after
+    # ``target.c = -2.0`` the second solve silently returned the first answer (success).
+    target = Target(1.0)
+    make = (lambda: target.loss) if bound else (lambda: functools.partial(Target.loss, target))
+    first = jd.minimize(make(), jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    traces = TRACES[0]
+    again = jd.minimize(make(), jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    assert TRACES[0] == traces, "the same attribute values traced fun again"
+    target.c = -2.0
+    second = jd.minimize(make(), jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    np.testing.assert_allclose(first.x, solution(np.full(3, 1.0)), rtol=1e-8)
+    np.testing.assert_allclose(again.x, first.x, rtol=0)
+    np.testing.assert_allclose(second.x, solution(np.full(3, -2.0)), rtol=1e-8)
+    target.inner.b = 7.0  # a nested object's attribute is part of the key as well
+    assert split_callable(make(), "fun")[0] != split_callable(Target(-2.0).loss, "fun")[0]
+
+
 def test_jac_as_a_callable_object_holding_arrays():
     for b in (jnp.array([1.0, -2.0, 0.5]), jnp.array([0.3, 0.7, -1.0])):
         res = jd.minimize(Frozen(b), jnp.zeros(3), method="Newton", jac=Grad(b), options=TIGHT)

@@ -18,9 +18,12 @@ What is looked into (recursively, up to ``_MAX_DEPTH`` levels):
   ``copy.copy`` with ``object.__setattr__``.
 
 Functions, lambdas and builtins are kept as they are (static, compared by identity), and so
-is any part that holds no array and is hashable: a plain function, or a hashable object
-holding no arrays, keys the cache exactly as before. Arrays inside a function's closure are
-not seen (a closure is code, not data): pass them through ``args`` or a partial.
+is any part that holds no array and hashes by value (a frozen dataclass, a tuple): it keys
+the cache as it is. An object that hashes by identity (a plain class) is keyed by its
+attributes even when it holds no array: kept whole, ``t.c = 5.0`` between two solves would
+hit the cache and return the old answer. (Only if one of its attributes cannot be hashed
+is it kept whole, by identity.) Arrays inside a function's closure are not seen (a closure
+is code, not data): pass them through ``args`` or a partial.
 """
 
 from __future__ import annotations
@@ -154,19 +157,24 @@ class _Splitter:
         self.data: list[Any] = []
         self.unhashable: list[tuple[str, Any]] = []
         self.nodes = 0
+        self.by_value = 0  # objects hashed by identity, keyed by their attributes instead
 
     def split(self, value: Any, path: str, depth: int, seen: frozenset) -> Any:
-        """The node for ``value``; a part holding no array and hashable stays whole."""
+        """The node for ``value``; a part holding no array and hashed by value stays whole."""
         if _is_array(value):
             self.data.append(value)
             return _Leaf()
         self.nodes += 1
-        n_data, n_unhashable = len(self.data), len(self.unhashable)
+        n_data, n_unhashable, n_by_value = len(self.data), len(self.unhashable), self.by_value
         node = None
         within_limits = depth < _MAX_DEPTH and self.nodes < _MAX_NODES
         if within_limits and id(value) not in seen:
             node = self._split_parts(value, path, depth + 1, seen | {id(value)})
-        if node is None or len(self.data) == n_data:
+        # An object hashed by identity is keyed by its attributes (``_split_object``),
+        # arrays or not, and so is what holds one, unless some part cannot be hashed: then
+        # by identity, as it hashes.
+        by_value = self.by_value > n_by_value and len(self.unhashable) == n_unhashable
+        if node is None or len(self.data) == n_data and not by_value:
             if _hashable(value):
                 del self.unhashable[n_unhashable:]
                 return _Static(value)
@@ -246,7 +254,7 @@ class _Splitter:
                 children.append(_ById(attr))
             else:
                 children.append(self.split(attr, f"{path}.{name}", depth, seen))
-        if len(self.data) == n_data and _hashable(value):
+        if len(self.data) == n_data and _hashable(value) and not _hashed_by_identity(value):
             return _Static(value)  # kept whole (``split``): no template needed
         try:
             template = copy.copy(value)
@@ -254,7 +262,15 @@ class _Splitter:
                 object.__setattr__(template, name, None)
         except Exception:  # noqa: BLE001 (copying a user's object can raise anything)
             return None
+        if len(self.data) == n_data:
+            self.by_value += 1
         return _Object(type(value), tuple(names), tuple(children), template)
+
+
+def _hashed_by_identity(value: Any) -> bool:
+    """``value`` hashes as ``object`` does, by identity: kept whole, the cache would miss
+    a change to its attributes (``t.c = 5.0``) and return the old program's answer."""
+    return type(value).__hash__ is object.__hash__
 
 
 def _attributes(value: Any) -> list[tuple[str, Any]] | None:
