@@ -193,6 +193,45 @@ def test_traced_bounds_keep_working():
     np.testing.assert_allclose(pairs, [3.0, -2.5], atol=1e-8)
 
 
+@pytest.mark.parametrize("method", ["L-BFGS-B", "GD", "Adam"])
+def test_a_traced_empty_box_ends_at_x0_without_success(method):
+    # Traced bounds cannot be checked at the front door. Before: lower = 2 > upper = 0
+    # gave x = [0, 0] (outside "the box") as CONVERGED with success=True, and a traced
+    # lower bound of +inf returned x = [inf, inf]. Now: NONFINITE at x0, f NaN.
+    options = {"learning_rate": 0.05} if method == "Adam" else None
+
+    @jax.jit
+    def solve(lower, upper):
+        x0, target = jnp.full(2, 0.5), jnp.asarray([1.0, 1.0])
+        return _solve(x0, target, (lower, upper), method=method, options=options)
+
+    for lower, upper in [(2.0, 0.0), (INF, INF), (-INF, -INF), (jnp.nan, 1.0)]:
+        res = solve(jnp.asarray([0.0, lower]), jnp.asarray([1.0, upper]))
+        assert int(res.status) == jd.Status.NONFINITE and not bool(res.success)
+        assert np.isnan(res.fun) and int(res.nit) == 0
+        # The coordinate with a real interval is projected; the empty one keeps x0's value.
+        np.testing.assert_array_equal(res.x, [0.5, 0.5])
+    res = solve(jnp.asarray([0.0, -1.0]), jnp.asarray([1.0, 0.0]))  # a real box still solves
+    assert bool(res.success)
+    np.testing.assert_allclose(res.x, [1.0, 0.0], atol=1e-6)
+
+
+def test_a_traced_empty_box_in_a_batch_and_in_least_squares():
+    lowers = jnp.asarray([-1.0, 2.0, -1.0])  # the middle problem's box [2, 0] is empty
+    batch = jax.vmap(lambda lo: _solve(jnp.full(2, 0.5), jnp.ones(2), (lo, 0.0)))(lowers)
+    np.testing.assert_array_equal(batch.status, [0, jd.Status.NONFINITE, 0])
+    np.testing.assert_array_equal(batch.success, [True, False, True])
+    np.testing.assert_array_equal(batch.x[1], [0.5, 0.5])
+    np.testing.assert_allclose(batch.x[0], [0.0, 0.0], atol=1e-8)
+    solve = jax.jit(
+        lambda lo: jd.least_squares(lambda x: x - 1.0, jnp.full(2, 0.5), bounds=(lo, 0.0))
+    )
+    res = solve(2.0)
+    assert int(res.status) == jd.Status.NONFINITE and not bool(res.success)
+    np.testing.assert_array_equal(res.x, [0.5, 0.5])
+    assert np.isnan(res.cost)
+
+
 def test_concrete_bounds_inside_jit_are_still_checked():
     # Bounds built from constants stay concrete under a user's jit (x0 traced): they are
     # checked, and infinite ones are no bounds (before, Newton refused them there).

@@ -33,7 +33,7 @@ from jaxopt_dict._problem import (
 from jaxopt_dict._programs import SolveStatic, solve_queue, take_row
 from jaxopt_dict._progress import require_tqdm
 from jaxopt_dict._result import OptimizeResult
-from jaxopt_dict._tree import ravel
+from jaxopt_dict._tree import interval_holds_points, ravel
 from jaxopt_dict.lsq_methods import LSQ_METHODS, resolve_lsq_method
 from jaxopt_dict.lsq_methods._common import (
     LsqAux,
@@ -673,7 +673,9 @@ def strictly_inside(x0: PyTree, box: Box | None) -> PyTree:
         lower = jax.lax.stop_gradient(lower).astype(x.dtype)
         upper = jax.lax.stop_gradient(upper).astype(x.dtype)
         inside = make_strictly_feasible(jnp.clip(x, lower, upper), lower, upper, 1e-10)
-        return make_strictly_feasible(inside, lower, upper, 0)
+        inside = make_strictly_feasible(inside, lower, upper, 0)
+        # (An empty interval, from traced bounds, keeps x0: the solve stops there.)
+        return jnp.where(interval_holds_points(lower, upper), inside, x)
 
     return jax.tree.map(leaf, x0, box.lower, box.upper)
 

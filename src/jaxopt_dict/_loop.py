@@ -27,9 +27,10 @@ from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult, Status, Trace, status_message
 from jaxopt_dict._tree import (
+    empty_box,
     in_manual_mesh,
     inf_norms,
-    project,
+    project_start,
     projected_gradient,
     promoted,
     vary_over_manual_axes,
@@ -383,6 +384,10 @@ def advance(
     """
     gtol, xtol, maxfun = opts["gtol"], opts["xtol"], opts["maxfun"]
     first = c.nfev == 0
+    if box is not None:
+        # Bounds whose box holds no point (traced ones: the front door refuses concrete
+        # ones) end the solve at x0 as a non-finite f there would: NONFINITE, f NaN.
+        ev = ev._replace(f=jnp.where(first & empty_box(box), jnp.nan, ev.f))
     nfev = c.nfev + 1
     # Every norm of the trip in one reduction; g's is NaN or inf where g is not finite.
     if box is None:
@@ -562,7 +567,7 @@ def run(
       opts: ``gtol``, ``xtol``, ``maxfun`` and, for ``stepper.uses_ftol``, ``ftol``.
       config: the static settings.
     """
-    x0 = project(x0, box)
+    x0 = project_start(x0, box)
     carry = start(stepper, x0, jax.eval_shape(evaluate, x0), box, config)
 
     def body(c: _Carry) -> _Carry:

@@ -42,7 +42,7 @@ from jaxopt_dict._method import Box, Method
 from jaxopt_dict._problem import Objective
 from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult
-from jaxopt_dict._tree import in_manual_mesh, manual_axes, project, vary_over_manual_axes
+from jaxopt_dict._tree import in_manual_mesh, manual_axes, project_start, vary_over_manual_axes
 
 PyTree = Any
 
@@ -298,7 +298,7 @@ def _solve_queue_impl(
     finish_lanes = jax.vmap(lambda c: finish(c, config))
 
     n_problems = jax.tree.leaves(x0)[0].shape[0]
-    x0 = jax.vmap(lambda x: project(x, box))(x0)
+    x0 = jax.vmap(lambda x: project_start(x, box))(x0)
     # The lanes' own copies of args: gathering every lane's data on every trip would
     # copy the whole working set once per evaluation (for 200x10 regressions, about as
     # much memory traffic as ``fun`` itself). Problems are handed out in order, so the

@@ -28,6 +28,35 @@ def project(x: PyTree, box: Box | None) -> PyTree:
     )
 
 
+def interval_holds_points(lower: jax.Array, upper: jax.Array) -> jax.Array:
+    """Per coordinate, whether ``[lower, upper]`` holds a point (False for NaN too)."""
+    return (lower <= upper) & (lower < jnp.inf) & (upper > -jnp.inf)
+
+
+def empty_box(box: Box) -> jax.Array:
+    """Whether some coordinate's interval holds no point: lower > upper, a lower bound of
+    +inf or an upper bound of -inf, or NaN. The front door refuses such bounds where they
+    are concrete; traced ones reach the solve, which then stops at x0 (``_loop.advance``)."""
+    empty = [
+        jnp.any(~interval_holds_points(lo, hi))
+        for lo, hi in zip(jax.tree.leaves(box.lower), jax.tree.leaves(box.upper))
+    ]
+    return functools.reduce(jnp.logical_or, empty)
+
+
+def project_start(x0: PyTree, box: Box | None) -> PyTree:
+    """``project(x0, box)``, but a coordinate whose interval holds no point keeps x0's
+    value (traced empty bounds: clipping would give a bound, possibly infinite)."""
+    if box is None:
+        return x0
+
+    def leaf(xi, lo, hi):
+        clipped = jnp.clip(xi, lo, hi)
+        return jnp.where(interval_holds_points(lo, hi), clipped, xi).astype(xi.dtype)
+
+    return jax.tree.map(leaf, x0, box.lower, box.upper)
+
+
 def projected_gradient(x: PyTree, g: PyTree, box: Box | None) -> PyTree:
     """``x - P(x - g)`` for x in the box, by comparisons as scipy's ``projgr``: ``g`` where
     no bound is within reach, else the distance to the bound it pushes toward.
