@@ -107,7 +107,8 @@ class Stepper(NamedTuple):
       has_memory: the update carries momentum, so a small gradient at one iterate does
         not mean the method has come to rest (Adam coasts through a saddle); the driver
         then asks for ``gtol`` to hold at two consecutive iterates (at x0 one is enough:
-        the method has not moved yet).
+        the method has not moved yet), and for ``xtol`` at ``_loop.STILL_STEPS`` steps in
+        a row (an update lost to rounding while the velocity goes on is no stall).
       step_starts: ``step`` also takes ``first`` (a bool array): true on the solve's first
         trip, when ``ev`` is at x0 and ``state`` is a placeholder of ``init``'s types
         (zeros, or a finished problem's state in ``minimize_batch``). ``step`` must then

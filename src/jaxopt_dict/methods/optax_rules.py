@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxopt_dict._method import Method, StepOutcome, Stepper
@@ -24,6 +25,17 @@ class OptaxState(NamedTuple):
 
     opt_state: Any
     blocked_norm: jax.Array | None  # None without bounds
+
+
+def _carries_state(tx: optax.GradientTransformation) -> bool:
+    """Whether ``tx`` keeps arrays between updates (a velocity, moments, a count): then
+    a small gradient or a step lost to rounding at one iterate does not mean it has come
+    to rest (``Stepper.has_memory``). Plain ``optax.sgd`` keeps none."""
+    try:
+        state = jax.eval_shape(tx.init, jax.ShapeDtypeStruct((), jnp.float32))
+    except Exception:  # noqa: BLE001 (a rule that cannot init on a scalar: assume it does)
+        return True
+    return bool(jax.tree.leaves(state))
 
 
 def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
@@ -78,7 +90,7 @@ def optax_stepper(tx: optax.GradientTransformation) -> Stepper:
         # state.blocked_norm is about the step that led to ev.x (read on accepted trips).
         return new_state, x_next, StepOutcome(accepted=True, blocked_norm=state.blocked_norm)
 
-    return Stepper(init, step, has_memory=True, step_starts=True)
+    return Stepper(init, step, has_memory=_carries_state(tx), step_starts=True)
 
 
 def optax_method(
