@@ -95,6 +95,52 @@ def test_pg_numerical_inverse_agrees_with_the_analytic_one_under_jit():
     np.testing.assert_allclose(res.trace.x[1:], PBDL_PG_ITERATES, atol=1e-4)
 
 
+def _doubled(x):
+    return 2.0 * x
+
+
+def _half(y):
+    return y / 2.0
+
+
+def _to_one(y, target):
+    return jnp.sum((y - target) ** 2)
+
+
+HALVING = {"physics": _doubled, "learning_rate": 0.5, "gtol": 0.0, "maxiter": 40}
+
+
+def test_pg_numerical_inverse_takes_k_steps_as_the_analytic_one():
+    # SPEC section 5: with gtol = 0 and maxiter = k, PG takes exactly k steps. Each step
+    # halves y - 1; the numerical inverse's absolute inner gtol (1e-5) once left its warm
+    # start in place for a step below ~1e-6: x stopped with XTOL (success) at nit 19.
+    target = jnp.ones(2)
+    numerical = jd.minimize(_to_one, jnp.zeros(2), (target,), method="PG", options=HALVING)
+    analytic = jd.minimize(
+        _to_one, jnp.zeros(2), (target,), method="PG", options={**HALVING, "physics_inv": _half}
+    )
+    for res in (numerical, analytic):
+        assert int(res.nit) == 40 and int(res.status) == jd.Status.MAX_ITER, res
+    np.testing.assert_allclose(numerical.x, analytic.x, rtol=1e-12)
+    assert float(jnp.max(jnp.abs(numerical.jac))) <= 1e-11
+
+
+def test_pg_numerical_inverse_differentiates_unrolled():
+    # Reverse mode through the numerical inverse's while_loop raised JAX's "does not work
+    # for lax.while_loop" error; unrolled, the inner solve is a checkpointed loop too.
+    options = {**HALVING, "maxiter": 5, "adjoint": "unrolled"}
+
+    def solution(target, inverse):
+        opts = {**options, "physics_inv": inverse}
+        return jd.minimize(_to_one, jnp.zeros(2), (target,), method="PG", options=opts).x
+
+    target = jnp.asarray([1.0, -2.0])
+    numerical = jax.jacrev(solution)(target, None)
+    # Five steps of y <- y + 0.5 (target - y) from 0: x = (1 - 0.5**5) target / 2.
+    np.testing.assert_allclose(numerical, (1 - 0.5**5) / 2 * np.eye(2), atol=1e-9)
+    np.testing.assert_allclose(numerical, jax.jacrev(solution)(target, _half), atol=1e-9)
+
+
 def test_pg_converges_by_gtol_on_the_composite_gradient():
     # learning_rate=1 is a full Newton step in y: y_target = 0, so x = 0 after one step,
     # where the gradient of L(physics(x)) in x vanishes.

@@ -26,7 +26,8 @@ The numerical inverse is the package's one nested solve: its own driver
 the current x, inside the same compiled program. It evaluates ``physics`` only, never
 ``fun``. Its budget and tolerance are the options ``inner_maxiter`` (default 15000) and
 ``inner_gtol`` (default 1e-5), scipy's ``fmin_l_bfgs_b`` defaults, which the PBDL
-chapter's numerical inverse uses; the rest are L-BFGS's defaults. On the chapter's example
+chapter's numerical inverse uses (``inner_gtol`` relative to the step in y when that is
+below 1: ``_numerical_inverse``); the rest are L-BFGS's defaults. On the chapter's example
 (float32) its iterates stay within 3e-6 of the analytic inverse's, as the chapter's scipy
 version does. The inner solve
 appears once in the program: ``step`` also does the first trip (``step_starts``), and
@@ -147,20 +148,32 @@ def prepare(objective: Objective, opts: Mapping[str, Any]) -> PhysicsObjective:
     return PhysicsObjective(objective, physics, physics_inv)
 
 
-def _numerical_inverse(physics, maxiter: int, gtol) -> Callable[[PyTree, PyTree], PyTree]:
-    """``(y_target, x_start) -> argmin_x ||physics(x) - y_target||^2`` by the package's own
-    driver running L-BFGS, warm-started at ``x_start``."""
+def _numerical_inverse(
+    physics, maxiter: int, gtol, unrolled: bool
+) -> Callable[[PyTree, PyTree, jax.Array], PyTree]:
+    """``(y_target, x_start, scale) -> argmin_x ||physics(x) - y_target||^2`` by the
+    package's own driver running L-BFGS, warm-started at ``x_start``.
+
+    ``gtol`` applies to the misfit divided by ``scale``, ``min(1, |y_target - y|)``: for a
+    step in y below 1 the inner solve must shrink its gradient relative to where it starts.
+    (With an absolute gtol, a small step in y left the warm start within it: x did not
+    move, and the solve ended with XTOL short of maxiter's k steps at gtol = 0.)
+    ``unrolled``: the outer solve is differentiated through its iterations
+    (``adjoint="unrolled"``); so is this one, as a bounded checkpointed loop of the inner
+    ``maxfun`` trips (reverse mode cannot differentiate a while_loop)."""
     method = INNER_METHOD
     specs = option_specs(method)
-    static, dynamic = split_static(specs, resolve_options(method.name, specs, {"maxiter": maxiter}))
+    resolved = resolve_options(method.name, specs, {"maxiter": maxiter})
+    static, dynamic = split_static(specs, resolved)
     inner_opts = {**dict(static), **{k: jnp.asarray(v) for k, v in dynamic.items()}}
     inner_opts["gtol"] = gtol
     stepper = method.make(inner_opts)
-    config = LoopConfig(maxiter=maxiter)
+    config = LoopConfig(maxiter=maxiter, unrolled_trips=resolved["maxfun"] if unrolled else None)
 
-    def inverse(y_target, x_start):
+    def inverse(y_target, x_start, scale):
         def misfit(x):
-            return optax.tree.norm(optax.tree.sub(physics(x), y_target), squared=True)
+            residual = optax.tree.sub(physics(x), y_target)
+            return optax.tree.norm(residual, squared=True) / scale
 
         def evaluate(x):
             f, g = jax.value_and_grad(misfit)(x)
@@ -177,21 +190,26 @@ def make(opts: Mapping[str, Any]) -> Stepper:
     if opts["physics_inv"] is not None:
         physics_inv = opts["physics_inv"]
 
-        def exact_inverse(y_target, x_start):
-            del x_start
+        def exact_inverse(y_target, x_start, scale):
+            del x_start, scale
             return physics_inv(y_target)
 
         inverse = exact_inverse
     else:
-        inverse = _numerical_inverse(opts["physics"], opts["inner_maxiter"], opts["inner_gtol"])
+        unrolled = opts["adjoint"] == "unrolled"
+        inverse = _numerical_inverse(
+            opts["physics"], opts["inner_maxiter"], opts["inner_gtol"], unrolled
+        )
 
     def update(ev: Evaluation) -> PyTree:
         y, g_y, hess_y = ev.aux
         flat_y, unravel = ravel_pytree(y)
         flat_g, _ = ravel_pytree(g_y)
         step = jnp.asarray(learning_rate, flat_y.dtype)
-        y_target = unravel(flat_y + step * newton_direction(hess_y, flat_g))
-        return inverse(y_target, ev.x)
+        dy = step * newton_direction(hess_y, flat_g)
+        size = jnp.linalg.norm(dy)
+        scale = jnp.where(size > 0, jnp.minimum(size, 1.0), 1.0)  # _numerical_inverse
+        return inverse(unravel(flat_y + dy), ev.x, scale)
 
     def init(ev, box):
         return (), update(ev)
