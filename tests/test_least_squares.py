@@ -530,6 +530,40 @@ def test_two_number_lists_are_lower_and_upper_as_in_scipy():
     np.testing.assert_allclose(np.asarray(res.x), [2.0, 1.0], atol=1e-8)
 
 
+def test_none_in_a_two_number_list_is_no_bound():
+    """``None`` in one of the two lists is no bound, as inf: the same box either way.
+    Before, a None sent the bounds down minimize's reading (two pairs for two variables)
+    and the same box gave another answer, with success."""
+    pulled = lambda x: x - jnp.asarray([5.0, 5.0])
+    x0 = jnp.asarray([0.5, 2.5])
+    with_none = jd.least_squares(pulled, x0, bounds=([0.0, 1.0], [2.0, None]))
+    with_inf = jd.least_squares(pulled, x0, bounds=([0.0, 1.0], [2.0, np.inf]))
+    np.testing.assert_allclose(np.asarray(with_none.x), [2.0, 5.0], atol=1e-8)
+    np.testing.assert_array_equal(np.asarray(with_none.x), np.asarray(with_inf.x))
+
+
+def test_bounded_trf_with_fewer_residuals_than_variables_takes_scipys_steps():
+    """m = 2 residuals, n = 5 variables in a box: scipy's trf_bounds tests the rank of the
+    augmented system against m; counting its m + n rows took other steps (6 evaluations,
+    another point) where scipy takes 43."""
+
+    def residuals(x):
+        return jnp.stack([x[0] ** 2 + x[1] - 3 + x[2] * x[3], jnp.sin(x[0]) - x[3] + x[4] ** 2])
+
+    x0 = np.array([1.0, 1.0, 0.5, 0.2, 0.1])
+    box = ([0.0] * 5, [2.0] * 5)
+    ref = scipy.optimize.least_squares(
+        lambda x: np.asarray(residuals(jnp.asarray(x))),
+        x0,
+        jac=lambda x: np.asarray(jax.jacfwd(residuals)(jnp.asarray(x))),
+        bounds=box,
+        method="trf",
+    )
+    res = jd.least_squares(residuals, jnp.asarray(x0), bounds=box)
+    assert int(res.nfev) == ref.nfev
+    np.testing.assert_allclose(np.asarray(res.x), ref.x, atol=1e-8)
+
+
 def test_float32_trials_strictly_inside_and_x0_on_a_bound():
     """float32 x with float64 residuals: every trial strictly inside the box after
     rounding to float32 (log(x - 1) is finite at each), from an x0 on the bound (where

@@ -165,7 +165,9 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         factors = jax.lax.cond(new_point, lambda: factorize(augmented, rhs), lambda: state.factors)
         theta = pick(jnp.maximum(0.995, 1 - g_norm), state.theta)
 
-        p_h, alpha = solve_trust_region(factors, Delta, alpha, augmented.shape[0], k)
+        # The rank test counts J's own rows, as scipy's trf_bounds does (m, not the m + n
+        # rows of the augmented system): with bounds and m < n it decides otherwise.
+        p_h, alpha = solve_trust_region(factors, Delta, alpha, J_h.shape[0], k)
         if basis is not None:  # the step in the subspace, then in x
             predicted = -evaluate_quadratic(J_h, basis.T @ g_h, p_h)
             step_h = step_x = basis @ p_h
