@@ -564,6 +564,25 @@ def test_bounded_trf_with_fewer_residuals_than_variables_takes_scipys_steps():
     np.testing.assert_allclose(np.asarray(res.x), ref.x, atol=1e-8)
 
 
+@pytest.mark.parametrize("loss", ["soft_l1", "huber", "cauchy", "arctan"])
+def test_gauss_newton_moves_with_every_robust_loss(loss):
+    """Residuals at x0 beyond f_scale: scipy's Triggs row scaling floors such rows at
+    sqrt(eps) (rho' + 2 rho'' z <= 0), which a trust region tolerates but which made the
+    Gauss-Newton direction ~1/eps long: 20 halvings never came back, and huber, cauchy
+    and arctan stopped at x0 with LINESEARCH_FAILED. Gauss-Newton weighs rows by rho'
+    (IRLS): the same gradient, a descent direction of sane length."""
+
+    def residuals(x):
+        return jnp.stack([x[0] - 1, x[1] - 2, x[0] * x[1] - 2])  # zero residual at (1, 2)
+
+    x0 = jnp.asarray([0.5, 0.5])
+    res = jd.least_squares(residuals, x0, method="gauss-newton", loss=loss, f_scale=0.2)
+    assert bool(res.success), res.message
+    np.testing.assert_allclose(np.asarray(res.x), [1.0, 2.0], atol=1e-6)
+    trf = jd.least_squares(residuals, x0, method="trf", loss=loss, f_scale=0.2)
+    np.testing.assert_allclose(np.asarray(res.grad), np.asarray(trf.grad), atol=1e-6)
+
+
 def test_float32_trials_strictly_inside_and_x0_on_a_bound():
     """float32 x with float64 residuals: every trial strictly inside the box after
     rounding to float32 (log(x - 1) is finite at each), from an x0 on the bound (where

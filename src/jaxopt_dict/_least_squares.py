@@ -99,6 +99,10 @@ class LsqObjective(NamedTuple):
     # "fwd" / "rev" (JAX's), "user" (the user's jac), "matvec" (never formed:
     # Jacobian-vector products of one linearization per evaluation)
     jacobian: str = "fwd"
+    # How rows are scaled for a robust loss: "triggs" (scipy's, rho' + 2 rho'' z: for the
+    # trust-region methods), or "irls" (rho' alone: Gauss-Newton's line search, whose
+    # direction the floored Triggs rows of outliers made ~1/eps long).
+    weighting: str = "triggs"
 
     def _bind(self, args: tuple):
         f_scale, rest = args[0], args[1:]
@@ -109,7 +113,9 @@ class LsqObjective(NamedTuple):
         self, r_flat: jax.Array, f_scale: Any
     ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
         """(cost, rho1, J_scale): the cost and scipy's row scaling of J for the loss
-        (``J_scale = sqrt(max(rho1 + 2 rho2 r^2, eps))``); ``None`` scaling for "linear"."""
+        (``J_scale = sqrt(max(rho1 + 2 rho2 r^2, eps))``, or ``sqrt(max(rho1, eps))`` for
+        ``weighting="irls"``: both give the gradient ``J^T rho1 r``); ``None`` scaling for
+        "linear"."""
         if isinstance(self.loss, str) and self.loss == "linear":
             return 0.5 * (r_flat @ r_flat), None, None
         dtype = r_flat.dtype
@@ -117,7 +123,10 @@ class LsqObjective(NamedTuple):
         rho0, rho1, rho2 = loss_rho(self.loss, (r_flat / f_scale) ** 2)
         cost = (0.5 * f_scale**2 * jnp.sum(rho0)).astype(dtype)
         eps = jnp.finfo(dtype).eps
-        J_scale = jnp.sqrt(jnp.maximum(rho1 + 2 * (rho2 / f_scale**2) * r_flat**2, eps))
+        curvature = rho1
+        if self.weighting == "triggs":
+            curvature = rho1 + 2 * (rho2 / f_scale**2) * r_flat**2
+        J_scale = jnp.sqrt(jnp.maximum(curvature, eps))
         return cost, rho1, J_scale
 
     def matvec_parts(self, x: PyTree, args: tuple):
@@ -584,7 +593,8 @@ def prepare_least_squares(
             raise ValueError(f"options['jac']='matvec' does not take {refusal}.")
     residuals, args = make_objective(fun, jac, False, args)
     mode = "matvec" if matrix_free else "user" if jac is not None else "fwd"
-    objective = LsqObjective(residuals, loss, mode)
+    weighting = "irls" if method_rec.name == "gauss-newton" else "triggs"
+    objective = LsqObjective(residuals, loss, mode, weighting)
     args = (f_scale, *args)
     m, n = objective.shapes(x0, args)
     if mode == "fwd" and n > m:
