@@ -112,6 +112,28 @@ def test_args_must_be_a_tuple(no_solve, args):
 
 
 @pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        pytest.param(jnp.sin, r"args\[0\] is a PjitFunction", id="function"),
+        pytest.param("mode", r"args\[0\] is a str", id="string"),
+        pytest.param({"k": [1.0, print]}, r"args\[0\]\['k'\]\[1\] is a builtin", id="nested"),
+    ],
+)
+def test_args_leaves_must_be_arrays_or_numbers(no_solve, bad, words):
+    # Before: "Cannot determine dtype of <PjitFunction of sin>", naming nothing of args.
+    with pytest.raises(TypeError, match=words):
+        jd.minimize(_scalar_fun, {"a": jnp.zeros(3)}, args=(bad,), method="GD")
+
+
+def test_ftol_none_is_the_default_for_every_line_search_method():
+    # Before: L-BFGS(-B) let None through to the loop, which failed tracing it.
+    for method in ("L-BFGS", "L-BFGS-B", "GD", "Newton"):
+        unset = jd.minimize(quad_mixed, _x0(), method=method, options={"ftol": None})
+        default = jd.minimize(quad_mixed, _x0(), method=method)
+        assert int(unset.nfev) == int(default.nfev) and bool(unset.success), method
+
+
+@pytest.mark.parametrize(
     ("method", "key"),
     [
         ("GD", "momentum"),
@@ -218,6 +240,11 @@ def test_gradient_leaf_shapes_must_match_x0(no_solve, kwargs, path):
         ("Adam", {"b2": 1.5}),
         ("Adam", {"eps": -1e-8}),
         ("Newton", {"learning_rate": -1.0}),
+        # JAX arrays get the checks Python values get (before: True read as gtol = 1.0,
+        # a complex gtol raised float()'s TypeError, maxfun = 2.5 was taken)
+        ("GD", {"gtol": jnp.asarray(True)}),
+        ("GD", {"gtol": jnp.asarray(1e-5 + 1j)}),
+        ("GD", {"maxfun": jnp.asarray(2.5)}),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else "-".join(f"{k}={v[k]!r}" for k in v),
 )

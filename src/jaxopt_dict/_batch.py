@@ -13,6 +13,7 @@ import optax
 
 from jaxopt_dict._method import Method
 from jaxopt_dict._minimize import prepare_solve
+from jaxopt_dict._problem import check_args
 from jaxopt_dict._programs import default_lanes, solve_queue, take_row
 from jaxopt_dict._result import OptimizeResult
 
@@ -95,8 +96,7 @@ def batch_layout(
             raise TypeError(f"lanes must be a positive int (or None), got {lanes!r}.")
         if lanes < 1:
             raise ValueError(f"lanes must be a positive int (or None), got {lanes!r}.")
-    if not isinstance(args, tuple):
-        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
+    check_args(args)
     args_axes = _normalize_args_axes(args_axes, len(args))
     if not jax.tree.leaves(x0):
         raise ValueError("x0 has no array leaves: there is nothing to optimize.")

@@ -28,6 +28,7 @@ from jaxopt_dict._problem import (
     Objective,
     canonicalize_bounds,
     canonicalize_x0,
+    check_args,
     make_objective,
 )
 from jaxopt_dict._programs import SolveStatic, solve_queue, take_row
@@ -511,8 +512,7 @@ def prepare_least_squares(
     ``(static, x0, args, dynamic, box)`` for the driver (``_minimize._solve``)."""
     method_rec = resolve_lsq_method(method)
     x0 = canonicalize_x0(x0)
-    if not isinstance(args, tuple):
-        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
+    check_args(args)
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable.")
     if jac is False:

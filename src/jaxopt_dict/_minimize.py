@@ -17,6 +17,7 @@ from jaxopt_dict._options import Option, option_specs, resolve_options, split_st
 from jaxopt_dict._problem import (
     canonicalize_bounds,
     canonicalize_x0,
+    check_args,
     make_objective,
 )
 from jaxopt_dict._programs import SolveStatic, solve
@@ -67,8 +68,7 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, ha
     """
     method_rec = resolve_method(method)
     x0 = canonicalize_x0(x0)
-    if not isinstance(args, tuple):
-        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
+    check_args(args)
     if callback is not None and not callable(callback):
         raise TypeError("callback must be callable.")
     if not isinstance(has_aux, (bool, np.bool_)):

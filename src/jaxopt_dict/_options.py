@@ -45,6 +45,7 @@ class Option(NamedTuple):
     open_high: bool = False
     allow_none: bool = False
     choices: tuple[str, ...] = ()
+    none_is_default: bool = False  # None means "not set": the default (line searches' ftol)
 
 
 ALIASES = {"history_size": "maxcor"}
@@ -88,13 +89,16 @@ def line_search_options(ftol: float | None, maxls: int = 20) -> tuple[Option, ..
     stops slow or singular descents far from a stationary point), only the one-ulp
     rounding-noise stop; an explicit ``ftol=0`` turns every f-based stop off."""
     return (
-        Option("ftol", FTOL_UNSET if ftol is None else ftol, float, low=0.0, allow_none=True),
+        Option(
+            "ftol",
+            FTOL_UNSET if ftol is None else ftol,
+            float,
+            low=0.0,
+            allow_none=True,
+            none_is_default=True,
+        ),
         Option("maxls", maxls, int, static=True, low=1),
     )
-
-
-def _is_unset(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
 
 
 def _is_traced(value: Any) -> bool:
@@ -106,8 +110,8 @@ def _check_value(method: str, spec: Option, value: Any) -> Any:
     where = f"options[{spec.name!r}] for method {method!r}"
     if value is None:
         if spec.allow_none:
-            # A float whose default is NaN reads None as that default ("not set").
-            return spec.default if _is_unset(spec.default) else None
+            # "Not set": the default (L-BFGS's ftol is scipy's; GD's is NaN, no rule).
+            return spec.default if spec.none_is_default else None
         raise ValueError(f"{where} may not be None.")
     if spec.kind is object:
         return value
@@ -128,9 +132,15 @@ def _check_value(method: str, spec: Option, value: Any) -> Any:
             raise ValueError(f"{where} is structural and must be a Python {spec.kind.__name__}.")
         if np.ndim(value) != 0:
             raise ValueError(f"{where} must be a scalar, got shape {np.shape(value)}.")
+        # A real number, as for Python values: no bool, no complex (traced or not).
+        if np.dtype(value.dtype).kind not in "iuf":
+            raise ValueError(f"{where} must be a real number, got dtype {value.dtype}.")
         if _is_traced(value):
             return value  # Range checks need a concrete value; traced ones are trusted.
         value_for_check = float(value)
+        finite = math.isfinite(value_for_check)
+        if spec.kind is int and finite and value_for_check != int(value_for_check):
+            raise ValueError(f"{where} must be an integer, got {value_for_check!r}.")
     else:
         if isinstance(value, (bool, np.bool_)) or not isinstance(
             value, (int, float, np.integer, np.floating, np.ndarray)

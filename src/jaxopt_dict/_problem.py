@@ -26,6 +26,27 @@ def _path(path) -> str:
     return jax.tree_util.keystr(path) or "(root)"
 
 
+def check_args(args: Any) -> None:
+    """``args`` must be a tuple of pytrees of arrays and numbers: they travel into the
+    compiled solve as data (traced), as x0 does.
+
+    Raises:
+      TypeError: ``args`` is not a tuple, or a leaf is not an array or a number (a
+        function, a string): the message names it, and says where such things go.
+    """
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+        numeric = isinstance(leaf, (jax.Array, int, float, complex, np.generic, np.ndarray))
+        if not numeric or np.dtype(getattr(leaf, "dtype", np.float64)).kind not in "biufc":
+            raise TypeError(
+                f"args{jax.tree_util.keystr(path)} is a {type(leaf).__name__}, not an array or "
+                "a number: args are data, traced into the compiled solve. Pass functions and "
+                "other settings inside fun instead (a functools.partial, a closure, or an "
+                "object whose attributes they are)."
+            )
+
+
 def canonicalize_x0(x0: PyTree) -> PyTree:
     """Check that every leaf of ``x0`` is a real floating array and make it a jax array.
 
