@@ -4,6 +4,7 @@ derivatives of ``res.x`` with respect to them are implicit, as for ``args``."""
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import functools
 from typing import Any
@@ -272,13 +273,42 @@ def test_an_unhashable_static_part_names_fun():
     @dataclasses.dataclass
     class Tagged:
         b: Any
-        tags: set
+        tags: Any
 
         def __call__(self, x):
             return quad(x, self.b)
 
     b = jnp.ones(3)
-    with pytest.raises(TypeError, match=r"fun\.tags \(a set\) cannot be hashed"):
-        jd.minimize(Tagged(b, {"a"}), jnp.zeros(3), method="L-BFGS")
-    with pytest.raises(TypeError, match=r"jac\.tags \(a set\) cannot be hashed"):
-        jd.minimize(Plain(b), jnp.zeros(3), method="L-BFGS", jac=Tagged(b, {"a"}))
+    buffer = array.array("d", [1.0])  # unhashable, and nothing to key it by
+    with pytest.raises(TypeError, match=r"fun\.tags \(a array\) cannot be hashed"):
+        jd.minimize(Tagged(b, buffer), jnp.zeros(3), method="L-BFGS")
+    with pytest.raises(TypeError, match=r"jac\.tags \(a array\) cannot be hashed"):
+        jd.minimize(Plain(b), jnp.zeros(3), method="L-BFGS", jac=Tagged(b, buffer))
+
+
+class Labelled:
+    """Unhashable parts beside an array: a numpy array of strings and a set."""
+
+    def __init__(self, b):
+        self.b = b
+        self.names = np.array(["u", "v", "w"])
+        self.tags = {"plain"}
+
+    def __call__(self, x):
+        scale = 2.0 if "doubled" in self.tags else 1.0
+        return scale * quad(x, self.b)
+
+
+def test_unhashable_parts_are_keyed_by_their_content():
+    # "Any callable works, hashable or not": a string array or a set beside the arrays
+    # was refused ("cannot be hashed"). They key the program by content: a change to
+    # the set is seen, an equal one reuses the program.
+    model = Labelled(jnp.array([1.0, -2.0, 0.5]))
+    first = jd.minimize(model, jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    np.testing.assert_allclose(first.x, solution([1.0, -2.0, 0.5]), rtol=1e-8)
+    traces = TRACES[0]
+    jd.minimize(Labelled(jnp.array([1.0, -2.0, 0.5])), jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    assert TRACES[0] == traces, "equal contents traced fun again"
+    model.tags.add("doubled")
+    second = jd.minimize(model, jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    np.testing.assert_allclose(second.fun, 2.0 * first.fun, rtol=1e-10)

@@ -22,12 +22,15 @@ is any part that holds no array and hashes by value (a frozen dataclass, a tuple
 the cache as it is. An object that hashes by identity (a plain class) is keyed by its
 attributes even when it holds no array: kept whole, ``t.c = 5.0`` between two solves would
 hit the cache and return the old answer. (Only if one of its attributes cannot be hashed
-is it kept whole, by identity.) Arrays inside a function's closure are not seen (a closure
-is code, not data): pass them through ``args`` or a partial.
+is it kept whole, by identity.) A part that cannot be hashed but whose content can (a
+numpy array of strings, a set, a bytearray, a deque) is keyed by its content. Arrays inside
+a function's closure are not seen (a closure is code, not data): pass them through ``args``
+or a partial.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import functools
@@ -87,6 +90,44 @@ class _Static:
 
     def __repr__(self) -> str:
         return f"_Static({self.value!r})"
+
+
+class _Content:
+    """A part that cannot be hashed but whose content can (a numpy array of strings, a
+    set, a bytearray, a deque): compared by that content, rebuilt as itself."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, value: Any, key: Any) -> None:
+        self.value = value
+        self.key = key
+
+    def __hash__(self) -> int:
+        return hash((type(self.value), self.key))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Content):
+            return NotImplemented
+        return type(self.value) is type(other.value) and self.key == other.key
+
+    def __repr__(self) -> str:
+        return f"_Content({self.value!r})"
+
+
+def _content_key(value: Any) -> Any:
+    """A hashable key for the content of an unhashable ``value``, or ``None``."""
+    try:
+        if isinstance(value, np.ndarray):
+            return (value.dtype.str, value.shape, tuple(value.ravel().tolist()))
+        if isinstance(value, (set, frozenset)):
+            return frozenset(value)
+        if isinstance(value, bytearray):
+            return bytes(value)
+        if isinstance(value, collections.deque):
+            return tuple(value)
+    except Exception:  # noqa: BLE001 (elements that cannot be hashed or listed)
+        return None
+    return None
 
 
 class _ById:
@@ -179,6 +220,9 @@ class _Splitter:
                 del self.unhashable[n_unhashable:]
                 return _Static(value)
             if node is None:
+                key = _content_key(value)
+                if key is not None and _hashable(key):
+                    return _Content(value, key)
                 where = path if within_limits else f"{path} (nested too deep to look into)"
                 self.unhashable.append((where, value))
                 return _Static(value)
@@ -296,7 +340,7 @@ def _attributes(value: Any) -> list[tuple[str, Any]] | None:
 def _rebuild_node(node: Any, leaves: Any) -> Any:
     if isinstance(node, _Leaf):
         return next(leaves)
-    if isinstance(node, (_Static, _ById)):
+    if isinstance(node, (_Static, _ById, _Content)):
         return node.value
     if isinstance(node, _Tree):
         children = [_rebuild_node(child, leaves) for child in node.children]
