@@ -90,6 +90,18 @@ def test_scipy_pairs_follow_the_flattened_order_and_none_is_unbounded():
     assert res.x["a"].dtype == jnp.float64
 
 
+def test_scipy_pairs_as_an_array():
+    # scipy's minimize takes its pairs as an (n, 2) array too; it was refused ("bounds
+    # must be None, a pair ...").
+    x0 = {"b": 0.0, "a": jnp.zeros(2)}
+    pairs = np.array([[-INF, 0.5], [-0.25, INF], [0.0, 1.0]])
+    lower, upper = _box(pairs, x0)
+    np.testing.assert_array_equal(lower, [-INF, -0.25, 0.0])
+    np.testing.assert_array_equal(upper, [0.5, INF, 1.0])
+    with pytest.raises(ValueError, match="expected 3 pairs"):
+        _box(pairs[:2], x0)
+
+
 def test_scipy_bounds_object():
     x0 = {"b": 0.0, "a": jnp.zeros(2)}
     bounds = scipy.optimize.Bounds(lb=[-INF, -0.25, 0.0], ub=[0.5, INF, 1.0])

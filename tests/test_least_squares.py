@@ -530,6 +530,18 @@ def test_two_number_lists_are_lower_and_upper_as_in_scipy():
     np.testing.assert_allclose(np.asarray(res.x), [2.0, 1.0], atol=1e-8)
 
 
+def test_bounds_as_a_two_row_array_are_lower_and_upper_as_in_scipy():
+    """scipy's least_squares iterates bounds: a (2, n) array is (lb, ub) by rows (it was
+    refused)."""
+    pulled = lambda x: x - jnp.asarray([5.0, -5.0, 5.0])
+    box = np.array([[0.0, 1.0, 0.0], [2.0, 3.0, 4.0]])
+    ref = scipy.optimize.least_squares(lambda x: x - np.array([5.0, -5.0, 5.0]), np.ones(3),
+                                       bounds=box)  # fmt: skip
+    res = jd.least_squares(pulled, jnp.ones(3), bounds=box)
+    np.testing.assert_allclose(np.asarray(res.x), ref.x, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(res.x), [2.0, 1.0, 4.0], atol=1e-8)
+
+
 def test_none_in_a_two_number_list_is_no_bound():
     """``None`` in one of the two lists is no bound, as inf: the same box either way.
     Before, a None sent the bounds down minimize's reading (two pairs for two variables)

@@ -658,7 +658,10 @@ def scipy_lsq_bounds(bounds: Any, x0: PyTree) -> Any:
     array_like over the coordinates, never as ``(lo, hi)`` pairs: a pair of number
     sequences (lists or tuples) is read so here too, as flat ``lb``, ``ub`` over x0's
     flattened coordinates (``minimize`` reads two pairs for two coordinates as pairs,
-    as scipy's ``minimize`` does). Anything else is read as ``minimize`` reads it."""
+    as scipy's ``minimize`` does); so is a ``(2, n)`` numpy array, its rows. Anything else
+    is read as ``minimize`` reads it."""
+    if isinstance(bounds, np.ndarray) and bounds.ndim == 2 and bounds.shape[0] == 2:
+        bounds = (bounds[0].tolist(), bounds[1].tolist())
     if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
         return bounds
     numbers = lambda side: (

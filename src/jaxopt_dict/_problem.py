@@ -174,6 +174,8 @@ def _lower_upper(bounds: Any, x0: PyTree) -> tuple[Any, Any]:
     apply: x0 with two coordinates); else ``(lower, upper)``."""
     if hasattr(bounds, "lb") and hasattr(bounds, "ub") and not isinstance(bounds, (tuple, list)):
         return _from_flat(bounds.lb, x0, "lb", -jnp.inf), _from_flat(bounds.ub, x0, "ub", jnp.inf)
+    if isinstance(bounds, np.ndarray) and bounds.ndim == 2 and bounds.shape[1] == 2:
+        bounds = [tuple(row) for row in bounds.tolist()]  # scipy's pairs as an (n, 2) array
     if not isinstance(bounds, (tuple, list)):
         raise ValueError(  # noqa: TRY004 (SPEC section 7: bounds that fit no format)
             "bounds must be None, a pair (lower, upper) (each side None, a scalar, or a pytree "
