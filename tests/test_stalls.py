@@ -128,3 +128,21 @@ def test_ftol_and_xtol_success_needs_progress():
     )  # fmt: skip
     assert int(moved.status) == jd.Status.XTOL, moved.message
     assert bool(moved.success)
+
+
+def test_a_batch_lane_starts_each_problem_with_no_still_steps():
+    """In minimize_batch's queue a lane takes problem after problem. A momentum stall
+    (x = 1e7 in float32: ulp 1, the velocity never reaches half of it) ends with XTOL after
+    10 still steps; the next problem in that lane must not inherit the count (it would
+    stop at its first step lost to rounding, where alone it moves on)."""
+
+    def slope(x, center):
+        return 1.0 + 0.1 * jnp.sum(jnp.sqrt(1.0 + (x - center) ** 2))
+
+    x0 = jnp.asarray([[1e7, 1e7], [1e5, 1e5]], jnp.float32)
+    centers = jnp.asarray([1.0, 1.0], jnp.float32)
+    batch = jd.minimize_batch(slope, x0, (centers,), method="momentum", lanes=1)
+    alone = jd.minimize(slope, x0[1], (centers[1],), method="momentum")
+    assert int(batch.status[0]) == jd.Status.XTOL and not bool(batch.success[0])
+    assert int(batch.nit[1]) == int(alone.nit) and int(batch.status[1]) == int(alone.status)
+    np.testing.assert_array_equal(np.asarray(batch.x[1]), np.asarray(alone.x))

@@ -442,8 +442,9 @@ def advance(
         # An update lost to rounding is no stall for a method with a velocity: at its
         # turning point (float32 momentum near x = 300) x stays put a few times and then
         # moves on. It has stopped only after STILL_STEPS steps in a row.
+        # (On x0's trip the count starts at 0: a batch lane's previous problem left its own.)
         still = jnp.where(small_step, c.still_steps + 1, 0)
-        still_steps = jnp.where(accepted, still, c.still_steps)
+        still_steps = jnp.where(first, 0, jnp.where(accepted, still, c.still_steps))
         stopped_moving = accepted & (still_steps >= STILL_STEPS)
     ends_nonfinite = ~finite if not stepper.rejects_nonfinite else ~finite & first
     # (condition, status) in priority order; the method's own verdict only where it has
