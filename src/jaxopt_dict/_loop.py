@@ -443,6 +443,7 @@ def advance(
         # turning point (float32 momentum near x = 300) x stays put a few times and then
         # moves on. It has stopped only after STILL_STEPS steps in a row.
         # (On x0's trip the count starts at 0: a batch lane's previous problem left its own.)
+        assert c.still_steps is not None  # carried for has_memory (``start``)
         still = jnp.where(small_step, c.still_steps + 1, 0)
         still_steps = jnp.where(first, 0, jnp.where(accepted, still, c.still_steps))
         stopped_moving = accepted & (still_steps >= STILL_STEPS)

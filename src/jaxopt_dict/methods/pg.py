@@ -186,7 +186,7 @@ def _numerical_inverse(
 
 def make(opts: Mapping[str, Any]) -> Stepper:
     learning_rate = opts["learning_rate"]
-    inverse: Callable[[PyTree, PyTree], PyTree]
+    inverse: Callable[[PyTree, PyTree, jax.Array], PyTree]
     if opts["physics_inv"] is not None:
         physics_inv = opts["physics_inv"]
 
