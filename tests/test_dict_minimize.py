@@ -217,3 +217,28 @@ def test_second_call_reuses_the_compiled_solve(compile_log):
     compile_log.clear()
     jd_dict_minimize.minimize(_quadratic, X0, args=(2.0,), method="GD")
     assert not compile_log.names  # new data, no new program
+
+
+def _powers(x, power, mode):
+    """A Python int used for a loop and a string used in an ``if``: dict-minimize runs
+    fun in plain Python, so its users pass such settings through args."""
+    total = 0.0
+    for k in range(power):
+        total = total + jnp.sum((x["a"] - k) ** 2)
+    if mode == "plus":
+        total = total + jnp.sum((x["b"] - 1.0) ** 2)
+    return total
+
+
+@BOTH
+def test_args_that_are_settings_work_as_in_dict_minimize(minimize):
+    # Before: the int was traced ("range() ... TracerIntegerConversionError") and the
+    # string refused; both are now bound into fun, and arrays stay data.
+    fun = jax.value_and_grad(_powers)
+    x0 = OrderedDict([("a", jnp.zeros(2)), ("b", jnp.zeros(3))])
+    x = minimize(fun, x0, args=(3, "plus"), method="L-BFGS-B")
+    np.testing.assert_allclose(np.asarray(x["a"]), [1.0, 1.0], atol=1e-4)  # mean of 0, 1, 2
+    np.testing.assert_allclose(np.asarray(x["b"]), [1.0, 1.0, 1.0], atol=1e-4)
+    x = minimize(fun, x0, args=(2, "other"), method="L-BFGS-B")  # new settings, new answer
+    np.testing.assert_allclose(np.asarray(x["a"]), [0.5, 0.5], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(x["b"]), [0.0, 0.0, 0.0], atol=1e-4)

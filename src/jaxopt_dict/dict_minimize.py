@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import jax.core
 import jax.numpy as jnp
+import numpy as np
 
 from jaxopt_dict._minimize import minimize as _minimize
 from jaxopt_dict._result import OptimizeResult, Status
@@ -56,12 +57,19 @@ _IGNORED_LBFGSB_OPTIONS = ("eps", "iprint", "finite_diff_rel_step")
 class _OrderedGrad:
     """``fun`` with its gradient put in x's key order. Hashable by ``fun`` (so a second
     call with the same ``fun`` reuses the compiled solve) and weak-referenceable (as
-    ``jax.eval_shape`` needs), hence a frozen dataclass rather than a closure."""
+    ``jax.eval_shape`` needs), hence a frozen dataclass rather than a closure.
+
+    ``fixed``: ``(position, value)`` of the args that are not numeric data (see
+    ``_split_args``), put back in place at each call: they key the compiled solve."""
 
     fun: Callable[..., tuple[Any, Mapping[str, Any]]]
+    fixed: tuple[tuple[int, Any], ...] = ()
 
     def __call__(self, x, *args):
-        value, grad = self.fun(x, *args)
+        full = list(args)
+        for position, value in self.fixed:
+            full.insert(position, value)
+        value, grad = self.fun(x, *full)
         if not isinstance(grad, Mapping):
             raise TypeError(
                 "fun must return (value, grad_dict) with grad_dict a dict keyed like x0, got "
@@ -191,10 +199,11 @@ def minimize(
         if not callable(callback):
             raise TypeError("callback must be callable.")
         callback_ = _DictCallback(callback, tuple((k, v.dtype) for k, v in x0.items()))
+    data, fixed = _split_args(tuple(args))
     res = _minimize(
-        _OrderedGrad(fun),
+        _OrderedGrad(fun, fixed),
         x0,
-        args=tuple(args),
+        args=data,
         method=name,
         jac=True,
         bounds=_bounds(lb_dict, ub_dict, x0),
@@ -204,6 +213,26 @@ def minimize(
     )
     _warn_unless_success(res)
     return OrderedDict((k, res.x[k]) for k in x0)
+
+
+def _is_data(arg: Any) -> bool:
+    """Numeric data: every leaf an array or a float (traced into the solve, as
+    ``minimize``'s args). Python ints, bools, strings and other objects are settings."""
+    leaves = jax.tree.leaves(arg)
+    return bool(leaves) and all(
+        isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, complex))
+        and not isinstance(leaf, (bool, np.bool_))
+        for leaf in leaves
+    )
+
+
+def _split_args(args: tuple) -> tuple[tuple, tuple[tuple[int, Any], ...]]:
+    """``(data, fixed)``: dict-minimize runs ``fun`` in plain Python, so its args may be
+    settings used as Python values (``range(power)``, ``if mode == "plus"``), which a
+    traced argument cannot be. Those are bound into ``fun`` (``_OrderedGrad.fixed``)."""
+    data = tuple(arg for arg in args if _is_data(arg))
+    fixed = tuple((i, arg) for i, arg in enumerate(args) if not _is_data(arg))
+    return data, fixed
 
 
 def _warn_unless_success(res: OptimizeResult) -> None:
