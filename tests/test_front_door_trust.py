@@ -330,8 +330,13 @@ def test_huge_trace_is_refused_before_compiling(nothing_compiled):
 
 def test_empty_batch(nothing_compiled):
     # Before: "lanes must be >= 1", about an argument the user did not give.
-    with pytest.raises(ValueError, match=r"empty batch \(B = 0"):
+    with pytest.raises(ValueError, match=r"^minimize_batch got an empty batch \(B = 0"):
         jd.minimize_batch(flat_square, jnp.zeros((0, 2)), args=(jnp.zeros((0, 2)),))
+    # least_squares_batch's errors name it (they said "minimize_batch").
+    with pytest.raises(ValueError, match=r"^least_squares_batch got an empty batch"):
+        jd.least_squares_batch(lambda x: x - 1.0, jnp.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"^least_squares_batch needs a leading batch axis"):
+        jd.least_squares_batch(lambda x, c: x - c, jnp.zeros((3, 2)), args=(jnp.zeros((4, 2)),))
 
 
 @pytest.mark.parametrize("lanes", [2.5, True, 0, -1, "2", np.float64(2.0)])

@@ -82,10 +82,16 @@ def minimize_batch(
 
 
 def batch_layout(
-    x0: PyTree, args: tuple, lanes: int | None, args_axes: Any, long_tail: bool
+    x0: PyTree,
+    args: tuple,
+    lanes: int | None,
+    args_axes: Any,
+    long_tail: bool,
+    caller: str = "minimize_batch",
 ) -> tuple[int, tuple[int | None, ...], tuple]:
     """Check a batch's inputs: ``(lanes, args_axes, one problem's args)``, lanes at most B
-    (``_programs.default_lanes`` where none are given).
+    (``_programs.default_lanes`` where none are given); ``caller`` names the entry point in
+    errors.
 
     Raises:
       TypeError: ``lanes`` not an int, ``args`` not a tuple.
@@ -100,7 +106,7 @@ def batch_layout(
     args_axes = _normalize_args_axes(args_axes, len(args))
     if not jax.tree.leaves(x0):
         raise ValueError("x0 has no array leaves: there is nothing to optimize.")
-    n_problems = _batch_size(x0, args, args_axes)
+    n_problems = _batch_size(x0, args, args_axes, caller)
     if lanes is None:
         lanes = default_lanes(long_tail, n_problems)
     lanes = min(n_problems, int(lanes))
@@ -117,7 +123,7 @@ def with_hidden_args(
     return solve_args[:hidden] + args, (None,) * hidden + args_axes
 
 
-def _batch_size(x0: PyTree, args: tuple, args_axes: tuple[int | None, ...]) -> int:
+def _batch_size(x0: PyTree, args: tuple, args_axes: tuple[int | None, ...], caller: str) -> int:
     """B: the leading axis length shared by every leaf of x0 and of the batched args.
 
     Raises:
@@ -141,7 +147,7 @@ def _batch_size(x0: PyTree, args: tuple, args_axes: tuple[int | None, ...]) -> i
             for size, names in by_size.items()
         )
         raise ValueError(
-            "minimize_batch needs a leading batch axis of one length B on every leaf of x0 and "
+            f"{caller} needs a leading batch axis of one length B on every leaf of x0 and "
             f"of the batched args; got {found} (an arg shared by all problems takes "
             "args_axes=None)."
         )
@@ -149,7 +155,7 @@ def _batch_size(x0: PyTree, args: tuple, args_axes: tuple[int | None, ...]) -> i
     assert n_problems is not None
     if n_problems == 0:
         raise ValueError(
-            "minimize_batch got an empty batch (B = 0: the leading axis of x0's leaves has "
+            f"{caller} got an empty batch (B = 0: the leading axis of x0's leaves has "
             "length 0): there is no problem to solve."
         )
     return n_problems

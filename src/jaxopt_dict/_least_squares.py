@@ -745,7 +745,9 @@ def least_squares_batch(
       [0.5, 1.0, 2.0]
     """
     long_tail = resolve_lsq_method(method).long_tail
-    lanes, args_axes, one_problem = batch_layout(x0, args, lanes, args_axes, long_tail)
+    lanes, args_axes, one_problem = batch_layout(
+        x0, args, lanes, args_axes, long_tail, "least_squares_batch"
+    )
     if isinstance(options, Mapping) and (options.get("disp") or options.get("trace")):
         raise ValueError(
             "least_squares_batch does not take disp or trace; use jax.vmap(least_squares)."
