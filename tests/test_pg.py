@@ -139,6 +139,10 @@ def test_pg_numerical_inverse_differentiates_unrolled():
     # Five steps of y <- y + 0.5 (target - y) from 0: x = (1 - 0.5**5) target / 2.
     np.testing.assert_allclose(numerical, (1 - 0.5**5) / 2 * np.eye(2), atol=1e-9)
     np.testing.assert_allclose(numerical, jax.jacrev(solution)(target, _half), atol=1e-9)
+    # A full step lands on the target: later steps in y are exactly 0, where the inner
+    # tolerance's scale (|dy|) must carry no derivative (the norm's is NaN there).
+    options["learning_rate"] = 1.0
+    np.testing.assert_allclose(jax.jacrev(solution)(target, None), 0.5 * np.eye(2), atol=1e-9)
 
 
 def test_pg_converges_by_gtol_on_the_composite_gradient():

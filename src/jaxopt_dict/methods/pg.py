@@ -207,8 +207,10 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         flat_g, _ = ravel_pytree(g_y)
         step = jnp.asarray(learning_rate, flat_y.dtype)
         dy = step * newton_direction(hess_y, flat_g)
-        size = jnp.linalg.norm(dy)
-        scale = jnp.where(size > 0, jnp.minimum(size, 1.0), 1.0)  # _numerical_inverse
+        # The inner tolerance's scale (``_numerical_inverse``): the argmin does not depend
+        # on it, so it carries no derivative (and the norm's is NaN at dy = 0).
+        size = jnp.linalg.norm(jax.lax.stop_gradient(dy))
+        scale = jnp.where(size > 0, jnp.minimum(size, 1.0), 1.0)
         return inverse(unravel(flat_y + dy), ev.x, scale)
 
     def init(ev, box):
