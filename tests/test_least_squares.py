@@ -542,18 +542,6 @@ def test_bounds_as_a_two_row_array_are_lower_and_upper_as_in_scipy():
     np.testing.assert_allclose(np.asarray(res.x), [2.0, 1.0, 4.0], atol=1e-8)
 
 
-def test_none_in_a_two_number_list_is_no_bound():
-    """``None`` in one of the two lists is no bound, as inf: the same box either way.
-    Before, a None sent the bounds down minimize's reading (two pairs for two variables)
-    and the same box gave another answer, with success."""
-    pulled = lambda x: x - jnp.asarray([5.0, 5.0])
-    x0 = jnp.asarray([0.5, 2.5])
-    with_none = jd.least_squares(pulled, x0, bounds=([0.0, 1.0], [2.0, None]))
-    with_inf = jd.least_squares(pulled, x0, bounds=([0.0, 1.0], [2.0, np.inf]))
-    np.testing.assert_allclose(np.asarray(with_none.x), [2.0, 5.0], atol=1e-8)
-    np.testing.assert_array_equal(np.asarray(with_none.x), np.asarray(with_inf.x))
-
-
 def test_bounded_trf_with_fewer_residuals_than_variables_takes_scipys_steps():
     """m = 2 residuals, n = 5 variables in a box: scipy's trf_bounds tests the rank of the
     augmented system against m; counting its m + n rows took other steps (6 evaluations,

@@ -666,17 +666,13 @@ def scipy_lsq_bounds(bounds: Any, x0: PyTree) -> Any:
         return bounds
     numbers = lambda side: (
         isinstance(side, (tuple, list))
-        and all(
-            v is None or isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-            for v in side
-        )
+        and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in side)
     )
     n = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(x0))
     if all(numbers(side) and len(side) == n for side in bounds):
-        # None is no bound, as inf: [(0, 1), (2, None)] reads as [(0, 1), (2, inf)] does.
-        lb = [-np.inf if v is None else v for v in bounds[0]]
-        ub = [np.inf if v is None else v for v in bounds[1]]
-        return _FlatBounds(np.asarray(lb, float), np.asarray(ub, float))
+        return _FlatBounds(np.asarray(bounds[0], float), np.asarray(bounds[1], float))
+    # (A None is the pairs format's "no bound", never scipy least_squares' (lb, ub): such
+    # a list is read as minimize reads it, pairs for two coordinates.)
     return bounds
 
 
