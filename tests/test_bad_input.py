@@ -125,6 +125,19 @@ def test_args_leaves_must_be_arrays_or_numbers(no_solve, bad, words):
         jd.minimize(_scalar_fun, {"a": jnp.zeros(3)}, args=(bad,), method="GD")
 
 
+def test_args_may_hold_arrays_of_any_dtype():
+    # bfloat16 data and a typed PRNG key are arrays: args take them (check_args first
+    # refused both, as not "an array or a number").
+    def fun(x, weights, key):
+        del key
+        return jnp.sum((x - weights.astype(x.dtype)) ** 2)
+
+    args = (jnp.ones(2, jnp.bfloat16), jax.random.key(0))
+    res = jd.minimize(fun, jnp.zeros(2), args=args, method="L-BFGS")
+    assert bool(res.success)
+    np.testing.assert_allclose(np.asarray(res.x), [1.0, 1.0], atol=1e-6)
+
+
 def test_ftol_none_is_the_default_for_every_line_search_method():
     # Before: L-BFGS(-B) let None through to the loop, which failed tracing it.
     for method in ("L-BFGS", "L-BFGS-B", "GD", "Newton"):
@@ -245,6 +258,9 @@ def test_gradient_leaf_shapes_must_match_x0(no_solve, kwargs, path):
         ("GD", {"gtol": jnp.asarray(True)}),
         ("GD", {"gtol": jnp.asarray(1e-5 + 1j)}),
         ("GD", {"maxfun": jnp.asarray(2.5)}),
+        ("GD", {"gtol": np.asarray(True)}),
+        ("GD", {"maxiter": jnp.asarray(True)}),  # a static option
+        ("GD", {"maxiter": jnp.asarray(3 + 0j)}),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else "-".join(f"{k}={v[k]!r}" for k in v),
 )

@@ -172,6 +172,27 @@ def test_a_mutated_float_attribute_gives_the_new_answer(bound):
     assert split_callable(make(), "fun")[0] != split_callable(Target(-2.0).loss, "fun")[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Wrapped:
+    """Hashable by value, holding a plain object (as dict_minimize's own wrapper does)."""
+
+    inner: Any
+
+    def __call__(self, x):
+        return self.inner.loss(x)
+
+
+def test_a_plain_object_inside_a_frozen_dataclass_is_keyed_by_its_attributes():
+    # The frozen dataclass was kept whole: its hash reaches the plain object by identity,
+    # so after target.c = -2.0 the cache returned the first answer.
+    target = Target(1.0)
+    first = jd.minimize(Wrapped(target), jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    target.c = -2.0
+    second = jd.minimize(Wrapped(target), jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    np.testing.assert_allclose(first.x, solution(np.full(3, 1.0)), rtol=1e-8)
+    np.testing.assert_allclose(second.x, solution(np.full(3, -2.0)), rtol=1e-8)
+
+
 def test_jac_as_a_callable_object_holding_arrays():
     for b in (jnp.array([1.0, -2.0, 0.5]), jnp.array([0.3, 0.7, -1.0])):
         res = jd.minimize(Frozen(b), jnp.zeros(3), method="Newton", jac=Grad(b), options=TIGHT)

@@ -290,7 +290,7 @@ class _Splitter:
         attributes = _attributes(value)
         if attributes is None:
             return None
-        n_data = len(self.data)
+        n_data, n_by_value = len(self.data), self.by_value
         names, children = [], []
         for name, attr in attributes:
             names.append(name)
@@ -298,7 +298,10 @@ class _Splitter:
                 children.append(_ById(attr))
             else:
                 children.append(self.split(attr, f"{path}.{name}", depth, seen))
-        if len(self.data) == n_data and _hashable(value) and not _hashed_by_identity(value):
+        # Kept whole only if nothing in it is keyed by value: a frozen dataclass holding
+        # a plain object hashes that object by identity.
+        kept_whole = len(self.data) == n_data and self.by_value == n_by_value
+        if kept_whole and _hashable(value) and not _hashed_by_identity(value):
             return _Static(value)  # kept whole (``split``): no template needed
         try:
             template = copy.copy(value)

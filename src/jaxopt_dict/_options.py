@@ -146,6 +146,8 @@ def _check_value(method: str, spec: Option, value: Any) -> Any:
             value, (int, float, np.integer, np.floating, np.ndarray)
         ):
             raise ValueError(f"{where} must be a {spec.kind.__name__}, got {value!r}.")
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "iuf":
+            raise ValueError(f"{where} must be a real number, got dtype {value.dtype}.")
         if np.ndim(value) != 0:
             raise ValueError(f"{where} must be a scalar, got shape {np.shape(value)}.")
         if spec.kind is int:

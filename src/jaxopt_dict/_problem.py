@@ -37,8 +37,13 @@ def check_args(args: Any) -> None:
     if not isinstance(args, tuple):
         raise TypeError(f"args must be a tuple, got {type(args).__name__}.")
     for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
-        numeric = isinstance(leaf, (jax.Array, int, float, complex, np.generic, np.ndarray))
-        if not numeric or np.dtype(getattr(leaf, "dtype", np.float64)).kind not in "biufc":
+        if isinstance(leaf, jax.Array):
+            continue  # any dtype: bfloat16, a PRNG key
+        if isinstance(leaf, (np.ndarray, np.generic)):
+            numeric = leaf.dtype.kind in "biufcV"  # V: ml_dtypes' bfloat16 and the like
+        else:
+            numeric = isinstance(leaf, (int, float, complex))
+        if not numeric:
             raise TypeError(
                 f"args{jax.tree_util.keystr(path)} is a {type(leaf).__name__}, not an array or "
                 "a number: args are data, traced into the compiled solve. Pass functions and "

@@ -218,12 +218,16 @@ def minimize(
 def _is_data(arg: Any) -> bool:
     """Numeric data: every leaf an array or a float (traced into the solve, as
     ``minimize``'s args). Python ints, bools, strings and other objects are settings."""
+
+    def is_number(leaf: Any) -> bool:
+        if isinstance(leaf, jax.Array):
+            return True
+        if isinstance(leaf, (np.ndarray, np.generic)):
+            return leaf.dtype.kind in "fc"  # not np.str_, ints or bools: settings too
+        return isinstance(leaf, (float, complex))
+
     leaves = jax.tree.leaves(arg)
-    return bool(leaves) and all(
-        isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, complex))
-        and not isinstance(leaf, (bool, np.bool_))
-        for leaf in leaves
-    )
+    return bool(leaves) and all(is_number(leaf) for leaf in leaves)
 
 
 def _split_args(args: tuple) -> tuple[tuple, tuple[tuple[int, Any], ...]]:
