@@ -92,26 +92,14 @@ class _Static:
         return f"_Static({self.value!r})"
 
 
+@dataclasses.dataclass(frozen=True)
 class _Content:
     """A part that cannot be hashed but whose content can (a numpy array of strings, a
-    set, a bytearray, a deque): compared by that content, rebuilt as itself."""
+    set, a bytearray, a deque): compared by its type and that content, rebuilt as itself."""
 
-    __slots__ = ("key", "value")
-
-    def __init__(self, value: Any, key: Any) -> None:
-        self.value = value
-        self.key = key
-
-    def __hash__(self) -> int:
-        return hash((type(self.value), self.key))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Content):
-            return NotImplemented
-        return type(self.value) is type(other.value) and self.key == other.key
-
-    def __repr__(self) -> str:
-        return f"_Content({self.value!r})"
+    kind: type
+    key: Any
+    value: Any = dataclasses.field(compare=False, hash=False, repr=False)
 
 
 def _content_key(value: Any) -> Any:
@@ -222,7 +210,7 @@ class _Splitter:
             if node is None:
                 key = _content_key(value)
                 if key is not None and _hashable(key):
-                    return _Content(value, key)
+                    return _Content(type(value), key, value)
                 where = path if within_limits else f"{path} (nested too deep to look into)"
                 self.unhashable.append((where, value))
                 return _Static(value)
