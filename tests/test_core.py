@@ -366,6 +366,7 @@ def test_backtracking_shrink_rule(minimizer, trials_before, expected):
         direction=jnp.ones(1),
         step_size=jnp.asarray(1.0),
         trials=jnp.asarray(trials_before, jnp.int32),
+        fresh=jnp.asarray(False),
     )
     trial = jd.Evaluation(jnp.ones(1), jnp.asarray(1 / (2 * minimizer) - 1), jnp.zeros(1))
     search, accepted, failed = backtracking_advance(search, trial, maxls=20)

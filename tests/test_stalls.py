@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxopt_dict as jd
 
@@ -77,6 +78,36 @@ def test_gd_runs_to_gtol_on_a_coupled_quadratic():
     )
     assert int(early.status) == jd.Status.FTOL
     assert int(early.nit) < int(res.nit)
+
+
+def _rotated_quadratic(variant: int):
+    """6-D quadratic 0.5 x^T A x - b^T x, A's eigenvalues geomspace(1, 3000), rotated by a
+    Householder reflection so the valley is not along an axis (built without an RNG)."""
+    n = 6
+    v = np.cos(np.arange(1, n + 1) * (variant + 1.0))
+    q = np.eye(n) - 2.0 * np.outer(v, v) / (v @ v)
+    a = (q * np.geomspace(1.0, 3000.0, n)) @ q.T
+    b = 3.0 * np.sin(np.arange(n) + variant)
+    x0 = 2.0 * np.cos(3.0 * np.arange(n) + variant)
+    return jnp.asarray(a), jnp.asarray(b), jnp.asarray(x0)
+
+
+@pytest.mark.parametrize("variant", [0, 1])
+def test_gd_line_search_does_not_stall_on_a_run_down_step(variant):
+    """GD's next first step follows the last decrease (Nocedal & Wright 3.60). Zigzagging
+    across this valley, a search ended on a step so short that f did not change by an ulp,
+    and the one-ulp rule stopped the solve: FTOL, success, at |g| = 1e-4 (variant 0) and
+    4.6e-5 (variant 1) against gtol 1e-5. Such a search now starts over at the first-step
+    scale before the solve may stop, and the solve runs to gtol."""
+    a, b, x0 = _rotated_quadratic(variant)
+    res = jd.minimize(
+        lambda x: 0.5 * x @ (a @ x) - b @ x,
+        x0,
+        method="GD",
+        options={"maxiter": 20000, "maxfun": 100000},
+    )
+    assert int(res.status) == jd.Status.CONVERGED, res.message
+    np.testing.assert_allclose(np.asarray(res.x), np.linalg.solve(a, b), atol=1e-6)
 
 
 def penalty_1(x):

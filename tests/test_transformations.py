@@ -65,6 +65,12 @@ def central(f, a, step=1e-5):
     return np.stack([np.asarray(c) for c in columns], axis=-1)
 
 
+# The references' difference step. GD stops at one ulp of f (|g| ~ 1e-9, not gtol 1e-11),
+# and where it stops moves x by ~4e-10 from solve to solve: over a step of 1e-5 that is
+# 4e-5 in a derivative (entries ~0.9); over 1e-3, 4e-7, with a truncation error of ~2e-7.
+STEP = 1e-3
+
+
 @functools.cache
 def reference(name):
     """Solves alone, and the derivatives by central differences of jitted solves."""
@@ -74,9 +80,9 @@ def reference(name):
     return {
         "x": np.asarray(x_of(A)),
         "x_other": np.asarray(x_of(A[::-1] + 0.1)),
-        "grad": central(read, A),
-        "jac": central(x_of, A),
-        "hessian": central(grad_of, A),
+        "grad": central(read, A, STEP),
+        "jac": central(x_of, A, STEP),
+        "hessian": central(grad_of, A, STEP),
     }
 
 
@@ -102,8 +108,7 @@ def check_cell(name: str, cell: str) -> None:
     read = functools.partial(readout, name=name)
     x_of = lambda a: solve(a, name).x
     both = jnp.stack([a, a[::-1] + 0.1])
-    # Central differences of solves stopped at gtol 1e-11 (GD: at one ulp of f, |g| ~ 1e-9)
-    # resolve the derivatives (entries ~0.9) to about 1e-6.
+    # Central differences of solves (``STEP``) resolve the derivatives to about 1e-6.
     rtol, atol = 1e-5, 1e-5
     if cell == "jit":
         np.testing.assert_allclose(jax.jit(x_of)(a), ref["x"], rtol=1e-12, atol=1e-14)

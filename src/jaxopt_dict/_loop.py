@@ -73,7 +73,7 @@ class _Carry(NamedTuple):
     aux: PyTree  # fun's aux at the current iterate (has_aux=True), else None
 
 
-def reduction_too_small(f_old: jax.Array, f: jax.Array, ftol: jax.Array) -> jax.Array:
+def reduction_too_small(f_old: jax.Array, f: jax.Array, ftol: jax.Array | float) -> jax.Array:
     """scipy's FTOL rule, plus: a decrease below one ulp of f itself is rounding noise.
 
     scipy stops when ``f_old - f <= ftol * max(|f_old|, |f|, 1)``. In float32 its default

@@ -41,7 +41,9 @@ def _steepest_descent(ev):
 
 def make(opts) -> Stepper:
     if opts["learning_rate"] is None:
-        return backtracking_stepper(_steepest_descent, _first_step, _next_step, opts["maxls"])
+        return backtracking_stepper(
+            _steepest_descent, _first_step, _next_step, opts["maxls"], opts["ftol"]
+        )
     return optax_stepper(optax.sgd(opts["learning_rate"]))
 
 
