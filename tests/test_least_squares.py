@@ -542,6 +542,43 @@ def test_bounds_as_a_two_row_array_are_lower_and_upper_as_in_scipy():
     np.testing.assert_allclose(np.asarray(res.x), [2.0, 1.0, 4.0], atol=1e-8)
 
 
+@pytest.mark.parametrize(
+    "bounds",
+    [np.array([0.0, 2.0]), jnp.array([0.0, 2.0])],
+    ids=["numpy", "jax"],
+)
+def test_a_length_two_array_is_two_scalar_bounds_as_in_scipy(bounds):
+    """scipy unpacks bounds=array([lb, ub]) into two scalars for every coordinate; it was
+    refused ("got ndarray"). Inside a jit too, traced."""
+    target = np.array([5.0, -5.0, 1.0])
+    ref = scipy.optimize.least_squares(lambda x: x - target, np.ones(3), bounds=np.asarray(bounds))
+    res = jd.least_squares(lambda x: x - jnp.asarray(target), jnp.ones(3), bounds=bounds)
+    np.testing.assert_allclose(np.asarray(res.x), ref.x, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(res.x), [2.0, 0.0, 1.0], atol=1e-8)
+    traced = jax.jit(lambda b: jd.least_squares(lambda x: x - jnp.asarray(target), jnp.ones(3),
+                                                bounds=b).x)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(traced(jnp.asarray(bounds))), ref.x, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [([0.0, 1.0, 0.0], [2.0, 3.0, 4.0]), np.array([[0.0, 1.0, 0.0], [2.0, 3.0, 4.0]])],
+    ids=["lists", "array"],
+)
+def test_flat_lb_ub_over_a_dict_x0(bounds):
+    """(lb, ub) over x0's flattened coordinates (ravel_pytree order), as documented: for
+    a dict x0 it was refused ("lower does not have x0's structure"), the flat reading
+    being a tuple that minimize's reader took for (lower, upper) pytrees."""
+
+    def pulled(x):
+        return jnp.concatenate([x["a"], x["b"]]) - jnp.asarray([5.0, -5.0, 5.0])
+
+    x0 = {"a": jnp.ones(2), "b": jnp.ones(1)}
+    res = jd.least_squares(pulled, x0, bounds=bounds)
+    np.testing.assert_allclose(np.asarray(res.x["a"]), [2.0, 1.0], atol=1e-8)
+    np.testing.assert_allclose(np.asarray(res.x["b"]), [4.0], atol=1e-8)
+
+
 def test_bounded_trf_with_fewer_residuals_than_variables_takes_scipys_steps():
     """m = 2 residuals, n = 5 variables in a box: scipy's trf_bounds tests the rank of the
     augmented system against m; counting its m + n rows took other steps (6 evaluations,

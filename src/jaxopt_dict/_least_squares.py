@@ -11,6 +11,7 @@ NONFINITE, callback/disp/trace, and implicit differentiation of the result.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -646,8 +647,10 @@ def prepare_least_squares(
     return SolveStatic(method_rec, objective, static_opts, wrapped), x0, args, dynamic, box
 
 
-class _FlatBounds(NamedTuple):
-    """scipy's ``(lb, ub)`` over the flattened coordinates, read as a ``Bounds``."""
+@dataclasses.dataclass(frozen=True)
+class _FlatBounds:
+    """scipy's ``(lb, ub)`` over the flattened coordinates, read as a ``Bounds`` (not a
+    tuple: ``minimize``'s reader takes a tuple for ``(lower, upper)`` with x0's structure)."""
 
     lb: Any
     ub: Any
@@ -658,17 +661,21 @@ def scipy_lsq_bounds(bounds: Any, x0: PyTree) -> Any:
     array_like over the coordinates, never as ``(lo, hi)`` pairs: a pair of number
     sequences (lists or tuples) is read so here too, as flat ``lb``, ``ub`` over x0's
     flattened coordinates (``minimize`` reads two pairs for two coordinates as pairs,
-    as scipy's ``minimize`` does); so is a ``(2, n)`` numpy array, its rows. Anything else
-    is read as ``minimize`` reads it."""
-    if isinstance(bounds, np.ndarray) and bounds.ndim == 2 and bounds.shape[0] == 2:
-        bounds = (bounds[0].tolist(), bounds[1].tolist())
+    as scipy's ``minimize`` does); so is a ``(2, n)`` array, its rows, and a ``(2,)``
+    array is ``(lb, ub)`` as two scalars (scipy unpacks any array of length 2 so).
+    Anything else is read as ``minimize`` reads it."""
+    n = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(x0))
+    if isinstance(bounds, (np.ndarray, jax.Array)) and bounds.shape[:1] == (2,):
+        if bounds.ndim == 1:
+            return (bounds[0], bounds[1])  # two scalars, concrete or traced
+        if bounds.shape == (2, n):
+            return _FlatBounds(bounds[0], bounds[1])
     if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
         return bounds
     numbers = lambda side: (
         isinstance(side, (tuple, list))
         and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in side)
     )
-    n = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(x0))
     if all(numbers(side) and len(side) == n for side in bounds):
         return _FlatBounds(np.asarray(bounds[0], float), np.asarray(bounds[1], float))
     # (A None is the pairs format's "no bound", never scipy least_squares' (lb, ub): such
