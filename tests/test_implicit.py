@@ -179,3 +179,62 @@ def test_x0_gets_zero_cotangent_and_unconverged_solve_still_differentiates():
     assert not bool(res.success)
     chex.assert_trees_all_close(grads[0], jax.tree.map(jnp.zeros_like, X0))
     assert np.isfinite(grads[1])
+
+
+def _closure_argmin(theta, method="L-BFGS"):
+    """``fun`` closes over theta instead of taking it through args."""
+    f = lambda x: jnp.sum((x - theta) ** 2 * (1.0 + theta**2)) + 0.1 * jnp.sum(x**4)
+    return jd.minimize(f, jnp.zeros(2), method=method, options=TIGHT).x
+
+
+def _args_argmin(theta, method="L-BFGS"):
+    f = lambda x, t: jnp.sum((x - t) ** 2 * (1.0 + t**2)) + 0.1 * jnp.sum(x**4)
+    return jd.minimize(f, jnp.zeros(2), (theta,), method=method, options=TIGHT).x
+
+
+THETA = jnp.array([0.5, -1.0])
+
+
+@pytest.mark.parametrize("method", ["L-BFGS", "Newton"])
+def test_derivative_in_a_value_fun_closes_over(method):
+    """``lambda x: f(x, theta)`` under ``jax.grad``: the derivative in theta was silently
+    zero under jit, and outside jit JAX raised "No constant handler for type JVPTracer";
+    tracers in fun's closure are now data, as args are."""
+    expected = jax.jacrev(_args_argmin)(THETA, method)
+    assert np.abs(np.diag(np.asarray(expected))).min() > 0.1
+    for transform in (jax.jacrev, jax.jacfwd):
+        np.testing.assert_allclose(
+            jax.jit(transform(_closure_argmin), static_argnums=1)(THETA, method),
+            expected,
+            rtol=1e-9,
+        )
+    np.testing.assert_allclose(jax.jacrev(_closure_argmin)(THETA, method), expected, rtol=1e-9)
+    # Second order, against the args form's.
+    second = jax.hessian(lambda t: jnp.sum(_closure_argmin(t, method) ** 3))(THETA)
+    reference = jax.hessian(lambda t: jnp.sum(_args_argmin(t, method) ** 3))(THETA)
+    np.testing.assert_allclose(second, reference, rtol=1e-8, atol=1e-12)
+
+
+def test_closure_over_a_traced_value_in_jac_and_least_squares():
+    """A gradient function, and least squares' residuals, closing over theta."""
+
+    def with_jac(theta):
+        f = lambda x: jnp.sum((x - theta) ** 2)
+        g = lambda x: 2.0 * (x - theta)
+        return jd.minimize(f, jnp.zeros(2), jac=g, method="L-BFGS", options=TIGHT).x
+
+    np.testing.assert_allclose(jax.jit(jax.jacrev(with_jac))(THETA), np.eye(2), atol=1e-10)
+
+    def fit(theta):
+        return jd.least_squares(lambda x: (x - theta) * jnp.array([1.0, 3.0]), jnp.zeros(2)).x
+
+    np.testing.assert_allclose(jax.jit(jax.jacfwd(fit))(THETA), np.eye(2), atol=1e-8)
+    np.testing.assert_allclose(jax.jacrev(fit)(THETA), np.eye(2), atol=1e-8)
+
+
+def test_closure_under_vmap_and_grad():
+    """vmap of grad over a closure: each problem's own derivative."""
+    thetas = jnp.stack([THETA, THETA[::-1] + 0.1])
+    got = jax.vmap(jax.jacrev(_closure_argmin))(thetas)
+    expected = jnp.stack([jax.jacrev(_args_argmin)(t) for t in thetas])
+    np.testing.assert_allclose(got, expected, rtol=1e-9)

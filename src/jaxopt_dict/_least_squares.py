@@ -592,7 +592,7 @@ def prepare_least_squares(
         )  # fmt: skip
         if refusal is not None:
             raise ValueError(f"options['jac']='matvec' does not take {refusal}.")
-    residuals, args = make_objective(fun, jac, False, args)
+    residuals, args = make_objective(fun, jac, False, args, x0)
     mode = "matvec" if matrix_free else "user" if jac is not None else "fwd"
     weighting = "irls" if method_rec.name == "gauss-newton" else "triggs"
     objective = LsqObjective(residuals, loss, mode, weighting)

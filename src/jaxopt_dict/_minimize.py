@@ -75,7 +75,7 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, ha
         raise TypeError(f"has_aux must be True or False, got {has_aux!r}.")
     if jac is False:  # scipy: "no gradient given"; here JAX's exact one, as for None
         jac = None
-    objective, args = make_objective(fun, jac, bool(has_aux), args)
+    objective, args = make_objective(fun, jac, bool(has_aux), args, x0)
     box = canonicalize_bounds(bounds, x0)
     if box is not None and not method_rec.supports_bounds:
         raise ValueError(

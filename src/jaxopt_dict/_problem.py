@@ -409,17 +409,65 @@ _fun_shape = jax.jit(_call_fun, static_argnums=0).eval_shape
 _jac_shape = jax.jit(_call_jac, static_argnums=0).eval_shape
 
 
-def make_objective(fun: Any, jac: Any, has_aux: bool, args: tuple) -> tuple[Objective, tuple]:
+def _inside_transformation() -> bool:
+    """Whether a JAX transformation (``jit``, ``grad``, ``vmap``, ...) is tracing the
+    caller: only then can ``fun`` close over a tracer. (JAX offers no public test; where
+    its internal one is missing, assume so: the price is one more trace of ``fun``.)"""
+    try:
+        from jax._src import core  # (internal: imported only here)
+
+        return not core.trace_ctx.is_top_level()
+    except Exception:  # noqa: BLE001 (any JAX version without it)
+        return True
+
+
+class ClosureConverted:
+    """``fun`` whose closure held traced values (``jax.closure_convert``): the converted
+    function, and those values as an attribute. The arrays a callable holds are data
+    (``_callable``), so derivatives in them are implicit, as for ``args``."""
+
+    def __init__(self, fun: Callable[..., Any], consts: tuple) -> None:
+        self.fun = fun
+        self.consts = consts
+
+    def __call__(self, x: PyTree, *args: Any) -> Any:
+        return self.fun(x, *args, *self.consts)
+
+
+def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
+    """``fn`` with the tracers its closure holds, transitively, as data.
+
+    Under ``jax.grad`` of a function that builds ``fun`` as a closure over the variable
+    (``lambda x: f(x, theta)``), the implicit derivative saw ``theta`` as a constant: the
+    derivative was silently zero under ``jit``, and outside ``jit`` JAX raised "No
+    constant handler for type JVPTracer". ``jax.closure_convert`` hoists them (values
+    of ``jit``'s trace too; not ``vmap``'s, which the solve's batching rule sees)."""
+    try:
+        converted, consts = jax.closure_convert(fn, x0, *args)
+    except Exception:  # noqa: BLE001 (``Objective.check`` reports a broken fun clearly)
+        return fn
+    return ClosureConverted(converted, tuple(consts)) if consts else fn
+
+
+def make_objective(
+    fun: Any, jac: Any, has_aux: bool, args: tuple, x0: PyTree = None
+) -> tuple[Objective, tuple]:
     """The ``Objective`` for ``fun``/``jac`` and the args the solve takes.
 
     The arrays a callable holds are data (``_callable.split_callable``): where ``fun`` or a
     callable ``jac`` holds any, they travel as a hidden leading arg ``(fun's data, jac's
     data)`` and the objective keeps their skeletons; otherwise the objective is as the user
-    gave it and ``args`` are unchanged.
+    gave it and ``args`` are unchanged. Given ``x0``, under a transformation, tracers in
+    their closures are data too (``_closure_converted``).
 
     Raises:
       TypeError: a part of ``fun`` or ``jac`` that is not an array cannot be hashed.
     """
+    if x0 is not None and _inside_transformation():
+        if callable(fun):
+            fun = _closure_converted(fun, x0, args)
+        if callable(jac) and jac is not True:
+            jac = _closure_converted(jac, x0, args)
     fun_data = jac_data = ()
     if callable(fun):
         fun, fun_data = split_callable(fun, "fun")
