@@ -21,11 +21,31 @@ def test_update_lost_to_rounding_is_not_a_success():
     learning rate) round away, x never moves, and the result said "Converged ... xtol"
     with success True."""
     x0 = jnp.full(2, 1e5, jnp.float32)
-    res = jd.minimize(gentle_slope, x0, method="Adam")
+    # XTOL once x has held still for three times Adam's memory, 1 / (1 - b2) = 1000 steps
+    # (``test_adam_does_not_stop_while_its_moments_settle``); before that, maxiter.
+    res = jd.minimize(gentle_slope, x0, method="Adam", options={"maxiter": 5000})
     np.testing.assert_array_equal(np.asarray(res.x), np.asarray(x0))
-    assert int(res.status) == jd.Status.XTOL
+    assert int(res.status) == jd.Status.XTOL and int(res.nit) == 3000
     assert not bool(res.success)
     assert "stall" in res.message and "Converged" not in res.message
+    res = jd.minimize(gentle_slope, x0, method="Adam")
+    assert int(res.status) == jd.Status.MAX_ITER and not bool(res.success)
+
+
+def test_adam_does_not_stop_while_its_moments_settle():
+    """float32 Adam on a steep bowl: x held still for 378 steps from step 4226 (updates
+    lost to rounding while the second moment decays, 1 / (1 - b2) = 1000 steps), then
+    moved on to gtol at step 9722. After 10 still steps the solve stopped there: XTOL,
+    success, |g| = 1.8e-4 (18x gtol), f = 1e-12 against 3e-15."""
+    target = jnp.array([1e-3, -2e-3], jnp.float32)
+    res = jd.minimize(
+        lambda x: 1e4 * jnp.sum((x - target) ** 2),
+        jnp.ones(2, jnp.float32),
+        method="Adam",
+        options={"maxiter": 20000},
+    )
+    assert int(res.status) == jd.Status.CONVERGED, res.message
+    assert float(jnp.max(jnp.abs(res.jac))) <= 1e-5
 
 
 def test_momentum_builds_up_past_rounding():

@@ -38,8 +38,9 @@ from jaxopt_dict._tree import (
 
 PyTree = Any
 # Steps in a row x must hold still (xtol) before a method with a velocity (has_memory)
-# stops with XTOL. float32 momentum (0.9) near x = 300 held still for runs of 1, 1, 4 and
-# 23 steps, moving on after each; a rate too small to ever move x costs 10 iterations.
+# stops with XTOL, where the method does not say (``Stepper.still_steps``): a user's
+# optax rule. float32 momentum (0.9) near x = 300 held still for runs of 1, 1, 4 and 23
+# steps, moving on after each; a rate too small to ever move x costs 10 iterations.
 STILL_STEPS = 10
 
 
@@ -446,7 +447,8 @@ def advance(
         assert c.still_steps is not None  # carried for has_memory (``start``)
         still = jnp.where(small_step, c.still_steps + 1, 0)
         still_steps = jnp.where(first, 0, jnp.where(accepted, still, c.still_steps))
-        stopped_moving = accepted & (still_steps >= STILL_STEPS)
+        required = STILL_STEPS if stepper.still_steps is None else stepper.still_steps
+        stopped_moving = accepted & (still_steps >= required)
     ends_nonfinite = ~finite if not stepper.rejects_nonfinite else ~finite & first
     # (condition, status) in priority order; the method's own verdict only where it has
     # one (``own_stopping``): a select on constants still costs kernels in every trip.

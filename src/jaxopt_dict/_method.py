@@ -107,8 +107,8 @@ class Stepper(NamedTuple):
       has_memory: the update carries momentum, so a small gradient at one iterate does
         not mean the method has come to rest (Adam coasts through a saddle); the driver
         then asks for ``gtol`` to hold at two consecutive iterates (at x0 one is enough:
-        the method has not moved yet), and for ``xtol`` at ``_loop.STILL_STEPS`` steps in
-        a row (an update lost to rounding while the velocity goes on is no stall).
+        the method has not moved yet), and for ``xtol`` at ``still_steps`` steps in a
+        row (an update lost to rounding while the velocity goes on is no stall).
       step_starts: ``step`` also takes ``first`` (a bool array): true on the solve's first
         trip, when ``ev`` is at x0 and ``state`` is a placeholder of ``init``'s types
         (zeros, or a finished problem's state in ``minimize_batch``). ``step`` must then
@@ -123,6 +123,11 @@ class Stepper(NamedTuple):
         asks for another point; the solve ends with ``Status.NONFINITE`` only if the
         step then reports ``failed``. Otherwise (methods without a line search) the
         first non-finite evaluation after x0 ends the solve with ``NONFINITE``.
+      still_steps: for ``has_memory``: how many steps in a row x must hold still
+        (``xtol``) before the solve stops with XTOL; an int or an array (from traced
+        options). ``None``: ``_loop.STILL_STEPS``. A few times the rule's memory (the
+        momentum's ``1 / (1 - momentum)``, Adam's ``1 / (1 - b2)``): its velocity or its
+        moments must have settled before x staying put means it will stay.
       own_stopping: the method applies its own convergence rules (the least-squares
         methods: scipy's ``ftol``/``xtol``/``gtol`` of ``least_squares``) and reports
         them in ``StepOutcome.stop``; the driver's gtol/ftol/xtol rules are off, while
@@ -137,6 +142,7 @@ class Stepper(NamedTuple):
     step_starts: bool = False
     rejects_nonfinite: bool = False
     own_stopping: bool = False
+    still_steps: Any = None
 
 
 class Method(NamedTuple):
