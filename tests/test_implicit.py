@@ -238,3 +238,26 @@ def test_closure_under_vmap_and_grad():
     got = jax.vmap(jax.jacrev(_closure_argmin))(thetas)
     expected = jnp.stack([jax.jacrev(_args_argmin)(t) for t in thetas])
     np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_kept_callables_closing_over_a_differentiated_value_are_refused():
+    """least squares' loss and PG's physics are part of the compiled program: closing over
+    the grad variable, the implicit derivative was zero in it under jit (and JAX raised
+    "No constant handler" outside jit). Now a clear error; without a derivative, fine."""
+
+    def fit(c):
+        loss = lambda z: jnp.stack([c * z, c * jnp.ones_like(z), jnp.zeros_like(z)])
+        return jd.least_squares(lambda x: x - jnp.array([1.0, 2.0]), jnp.zeros(2), loss=loss).x
+
+    with pytest.raises(ValueError, match="loss closes over a value"):
+        jax.jit(jax.jacrev(fit))(2.0)
+    np.testing.assert_allclose(jax.jit(fit)(2.0), [1.0, 2.0], atol=1e-8)
+
+    def pg(s):
+        options = {"physics": lambda x: s * x, "gtol": 1e-10, "maxiter": 50}
+        return jd.minimize(lambda y: jnp.sum((y - 1.0) ** 2), jnp.zeros(2), method="PG",
+                           options=options).x  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"options\['physics'\] closes over a value"):
+        jax.jacrev(pg)(2.0)
+    np.testing.assert_allclose(jax.jit(pg)(2.0), [0.5, 0.5], atol=1e-8)

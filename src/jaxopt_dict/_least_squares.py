@@ -31,6 +31,7 @@ from jaxopt_dict._problem import (
     canonicalize_x0,
     check_args,
     make_objective,
+    refuse_differentiated_closure,
 )
 from jaxopt_dict._programs import SolveStatic, solve_queue, take_row
 from jaxopt_dict._progress import require_tqdm
@@ -598,6 +599,14 @@ def prepare_least_squares(
     objective = LsqObjective(residuals, loss, mode, weighting)
     args = (f_scale, *args)
     m, n = objective.shapes(x0, args)
+    if callable(loss):
+        dtype = jnp.result_type(*jax.tree.leaves(x0))
+        refuse_differentiated_closure(
+            loss,
+            "loss",
+            (jnp.zeros((m,), dtype),),
+            "Compute that part in fun's residuals, which take args.",
+        )
     if mode == "fwd" and n > m:
         objective = objective._replace(jacobian="rev")
     if method_rec.name == "lm" and m < n:

@@ -19,6 +19,7 @@ from jaxopt_dict._problem import (
     canonicalize_x0,
     check_args,
     make_objective,
+    refuse_differentiated_closure,
 )
 from jaxopt_dict._programs import SolveStatic, solve
 from jaxopt_dict._progress import require_tqdm
@@ -112,6 +113,10 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, ha
             raise ValueError(f"has_aux=True is not supported by method {method_rec.name!r}.")
         objective = method_rec.prepare(objective, values)
     objective.check(x0, args)
+    if values["adjoint"] == "implicit":
+        # Callables kept in the program (PG's physics) closing over a differentiated value.
+        for name, fn, example, fix in getattr(objective, "closures", lambda _: ())(x0):
+            refuse_differentiated_closure(fn, name, example, fix)
     if values["adjoint"] == "unrolled":
         if isinstance(values["maxfun"], jax.core.Tracer):
             raise ValueError(

@@ -449,6 +449,34 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
     return ClosureConverted(converted, tuple(consts)) if consts else fn
 
 
+# Tracers of a derivative being taken of the caller's code (jvp; grad's linearization).
+_DERIVATIVE_TRACERS = frozenset({"JVPTracer", "LinearizeTracer"})
+
+
+def refuse_differentiated_closure(fn: Any, name: str, example_args: tuple, fix: str) -> None:
+    """A clear error where ``fn``, a callable that is part of the compiled program (least
+    squares' ``loss``, PG's ``physics``), closes over a value the caller is differentiating
+    in: the implicit derivative would take it for a constant and be silently zero in it
+    (outside ``jit``, JAX raised "No constant handler for type JVPTracer").
+
+    Raises:
+      ValueError: such a value is in ``fn``'s closure (transitively); ``fix`` says what to
+        do instead.
+    """
+    if not _inside_transformation():
+        return
+    try:
+        consts = jax.closure_convert(fn, *example_args)[1]
+    except Exception:  # noqa: BLE001 (the solve's own checks report a broken fn)
+        return
+    if any(type(c).__name__ in _DERIVATIVE_TRACERS for c in consts):
+        raise ValueError(
+            f"{name} closes over a value that a derivative of your code is taken in (a "
+            "jax.grad or jvp variable): the solve's implicit derivative cannot see it, and "
+            f"would be zero in it. {fix}"
+        )
+
+
 def make_objective(
     fun: Any, jac: Any, has_aux: bool, args: tuple, x0: PyTree = None
 ) -> tuple[Objective, tuple]:

@@ -104,6 +104,19 @@ class PhysicsObjective(NamedTuple):
                     f"returned {back}, x0 is {want}."
                 )
 
+    def closures(self, x0: PyTree) -> tuple[tuple[str, Callable, tuple, str], ...]:
+        """``physics`` and ``physics_inv`` with example inputs: the front door refuses them
+        where they close over a value the caller differentiates in (the implicit
+        derivative would be zero in it; ``_problem.refuse_differentiated_closure``)."""
+        fix = "Use options={'adjoint': 'unrolled'}, which differentiates the iterations."
+        found = [("options['physics']", self.physics, (x0,), fix)]
+        if self.physics_inv is not None:
+            y = jax.tree.map(
+                lambda t: jnp.zeros(t.shape, t.dtype), jax.eval_shape(self.physics, x0)
+            )
+            found.append(("options['physics_inv']", self.physics_inv, (y,), fix))
+        return tuple(found)
+
     def value_and_grad(self, x: PyTree, args: tuple) -> tuple[jax.Array, PyTree]:
         """``L(physics(x))`` and its gradient in x (one VJP through ``physics``)."""
         y, pullback = jax.vjp(self.physics, x)
