@@ -136,6 +136,18 @@ def grad_through_solve():
         np.testing.assert_allclose(jax.grad(total)(a, method), 1.0 / a, rtol=1e-6)
 
 
+def grad_in_a_closure():
+    # The same, fun closing over a instead of taking it through args (jax.closure_convert
+    # at the front door; JAX's internal top-level test differs across versions).
+    def total(a):
+        fun = lambda x: jnp.sum(jnp.exp(x) - a * x)
+        return jnp.sum(jd.minimize(fun, jnp.zeros(3), method="L-BFGS", tol=1e-12).x)
+
+    a = jnp.asarray([0.5, 2.0, 4.0])
+    np.testing.assert_allclose(jax.grad(total)(a), 1.0 / a, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(jax.grad(total))(a), 1.0 / a, rtol=1e-6)
+
+
 def grad_with_active_bound():
     # In [-1, 1] x* = clip(log a, -1, 1): the bound held fixed gives derivative 0 there.
     def fun(x, a):
@@ -246,6 +258,7 @@ CHECKS = [
     jit_traced_data,
     vmap_batch,
     grad_through_solve,
+    grad_in_a_closure,
     grad_with_active_bound,
     large_vmap_and_its_gradient,
     minimize_batch,

@@ -17,6 +17,7 @@ import optax
 
 from jaxopt_dict._callable import Skeleton, rebuild, split_callable
 from jaxopt_dict._method import Box, Evaluation
+from jaxopt_dict._tree import in_manual_mesh
 from jaxopt_dict._tree import ravel as ravel_pytree
 
 PyTree = Any
@@ -421,6 +422,10 @@ def _inside_transformation() -> bool:
         return True
 
 
+# Tracers of a derivative being taken of the caller's code (jvp; grad's linearization).
+_DERIVATIVE_TRACERS = frozenset({"JVPTracer", "LinearizeTracer"})
+
+
 class ClosureConverted:
     """``fun`` whose closure held traced values (``jax.closure_convert``): the converted
     function, and those values as an attribute. The arrays a callable holds are data
@@ -441,16 +446,20 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
     (``lambda x: f(x, theta)``), the implicit derivative saw ``theta`` as a constant: the
     derivative was silently zero under ``jit``, and outside ``jit`` JAX raised "No
     constant handler for type JVPTracer". ``jax.closure_convert`` hoists them (values
-    of ``jit``'s trace too; not ``vmap``'s, which the solve's batching rule sees)."""
+    of the transformations the solve is traced under, where one is a derivative's)."""
+    if in_manual_mesh():
+        # Inside shard_map the converted function's types carry x0's varying mesh axes,
+        # and the solve calls it with others (its carries vary over the mesh): not here.
+        return fn
     try:
         converted, consts = jax.closure_convert(fn, x0, *args)
     except Exception:  # noqa: BLE001 (``Objective.check`` reports a broken fun clearly)
         return fn
-    return ClosureConverted(converted, tuple(consts)) if consts else fn
-
-
-# Tracers of a derivative being taken of the caller's code (jvp; grad's linearization).
-_DERIVATIVE_TRACERS = frozenset({"JVPTracer", "LinearizeTracer"})
+    # Only for a derivative: other traced values (a jit's, a shard_map's) are seen by the
+    # solve as they are, and kept in the closure they keep their types.
+    if not any(type(c).__name__ in _DERIVATIVE_TRACERS for c in consts):
+        return fn
+    return ClosureConverted(converted, tuple(consts))
 
 
 def refuse_differentiated_closure(fn: Any, name: str, example_args: tuple, fix: str) -> None:
