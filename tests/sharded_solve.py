@@ -75,6 +75,19 @@ def main() -> int:
     np.testing.assert_allclose(mapped.x["w"], ref.x["w"], rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(mapped.nit, ref.nit)
 
+    # jax.grad inside the shard_map body: the implicit rule's tangents of the integer
+    # outputs (nit, status) must vary over the mesh axes, as their primals do (JAX
+    # refused them: "Custom JVP rule must produce primal and tangent outputs with
+    # corresponding shapes and dtypes").
+    def grads(x0, a, b):
+        total = lambda x, a, b: jnp.sum(solve_one(x, a, b).x["w"])
+        return jax.vmap(jax.grad(total, argnums=2))(x0, a, b)
+
+    grad_in_mesh = jax.jit(jax.shard_map(grads, mesh=mesh, in_specs=spec, out_specs=spec))
+    np.testing.assert_allclose(
+        grad_in_mesh(x0_s, a_s, b_s), jax.jit(grads)(x0, a, b), rtol=1e-8, atol=1e-10
+    )
+
     def queue(x0, a, b):
         if method == "trf":
             return jd.least_squares_batch(residuals, x0, args=(a, b), bounds=bounds, lanes=4)

@@ -34,16 +34,19 @@ import optax
 
 from jaxopt_dict._method import Box
 from jaxopt_dict._tree import ravel as ravel_pytree
+from jaxopt_dict._tree import varying_like
 
 PyTree = Any
 
 
 def _zero_tangent(primal: Any) -> Any:
-    """A zero tangent of the right kind: float0 for integer and boolean outputs."""
+    """A zero tangent of the right kind: float0 for integer and boolean outputs, varying
+    over the mesh axes the primal varies over (inside ``shard_map``, where JAX checks
+    that a custom JVP's tangents have their primals' types)."""
     dtype = jnp.result_type(primal)
     if jnp.issubdtype(dtype, jnp.inexact):
         return jnp.zeros_like(primal)
-    return np.zeros(np.shape(primal), dtype=jax.dtypes.float0)
+    return varying_like(np.zeros(np.shape(primal), dtype=jax.dtypes.float0), primal)
 
 
 def _instantiate(tangent: PyTree, primal: PyTree) -> PyTree:

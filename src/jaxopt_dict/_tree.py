@@ -261,6 +261,24 @@ def in_manual_mesh() -> bool:
     return bool(manual_axes())
 
 
+def _varying_axes(leaf: Any) -> frozenset:
+    """The mesh axes ``leaf``'s type says it varies over (empty outside ``shard_map``)."""
+    t: Any = jax.typeof(leaf)
+    manual: Any = getattr(t, "manual_axis_type", None)
+    return frozenset(getattr(manual, "varying", None) or getattr(t, "vma", None) or ())
+
+
+def _cast_varying(leaf: Any, axes: tuple) -> Any:
+    """``leaf`` varying over ``axes`` too."""
+    missing = tuple(a for a in axes if a not in _varying_axes(leaf))
+    if not missing:
+        return leaf
+    lax: Any = jax.lax  # pcast from jax 0.7; jax 0.6 has pvary
+    if hasattr(lax, "pcast"):
+        return lax.pcast(leaf, missing, to="varying")
+    return lax.pvary(leaf, missing)
+
+
 def vary_over_manual_axes(tree: T) -> T:
     """``tree`` varying over every manual mesh axis, when traced inside ``shard_map``.
 
@@ -273,17 +291,12 @@ def vary_over_manual_axes(tree: T) -> T:
     axes = manual_axes()
     if not axes:
         return tree
+    return jax.tree.map(lambda leaf: _cast_varying(leaf, axes), tree)
 
-    def varying(leaf: jax.Array) -> jax.Array:
-        t: Any = jax.typeof(leaf)
-        manual: Any = getattr(t, "manual_axis_type", None)
-        have: Any = getattr(manual, "varying", None) or getattr(t, "vma", None) or ()
-        missing = tuple(a for a in axes if a not in frozenset(have))
-        if not missing:
-            return leaf
-        lax: Any = jax.lax  # pcast from jax 0.7; jax 0.6 has pvary
-        if hasattr(lax, "pcast"):
-            return lax.pcast(leaf, missing, to="varying")
-        return lax.pvary(leaf, missing)
 
-    return jax.tree.map(varying, tree)
+def varying_like(value: Any, reference: Any) -> Any:
+    """``value`` varying over the mesh axes ``reference`` varies over (inside
+    ``shard_map``; elsewhere the identity): a tangent must have its primal's type."""
+    if not in_manual_mesh():
+        return value
+    return _cast_varying(value, tuple(sorted(_varying_axes(reference))))
