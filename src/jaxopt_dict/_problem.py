@@ -17,7 +17,7 @@ import optax
 
 from jaxopt_dict._callable import Skeleton, rebuild, split_callable
 from jaxopt_dict._method import Box, Evaluation
-from jaxopt_dict._tree import in_manual_mesh
+from jaxopt_dict._tree import in_manual_mesh, vary_over_manual_axes
 from jaxopt_dict._tree import ravel as ravel_pytree
 
 PyTree = Any
@@ -448,8 +448,14 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
     constant handler for type JVPTracer". ``jax.closure_convert`` hoists them (values
     of the transformations the solve is traced under, where one is a derivative's)."""
     if in_manual_mesh():
-        # Inside shard_map the converted function's types carry x0's varying mesh axes,
-        # and the solve calls it with others (its carries vary over the mesh): not here.
+        # Inside shard_map the converted function's types would carry the varying mesh
+        # axes of the example x, and the solve calls fun with others: refused instead.
+        refuse_differentiated_closure(
+            fn,
+            "fun, inside shard_map,",
+            (vary_over_manual_axes(x0), *args),
+            "Pass it through args there.",
+        )
         return fn
     try:
         converted, consts = jax.closure_convert(fn, x0, *args)
