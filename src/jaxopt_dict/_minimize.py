@@ -18,6 +18,7 @@ from jaxopt_dict._problem import (
     canonicalize_bounds,
     canonicalize_x0,
     check_args,
+    inside_transformation,
     make_objective,
     refuse_differentiated_closure,
 )
@@ -113,7 +114,7 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, ha
             raise ValueError(f"has_aux=True is not supported by method {method_rec.name!r}.")
         objective = method_rec.prepare(objective, values)
     objective.check(x0, args)
-    if values["adjoint"] == "implicit":
+    if values["adjoint"] == "implicit" and inside_transformation():
         # Callables kept in the program (PG's physics) closing over a differentiated value.
         for name, fn, example, fix in getattr(objective, "closures", lambda _: ())(x0):
             refuse_differentiated_closure(fn, name, example, fix)

@@ -410,7 +410,7 @@ _fun_shape = jax.jit(_call_fun, static_argnums=0).eval_shape
 _jac_shape = jax.jit(_call_jac, static_argnums=0).eval_shape
 
 
-def _inside_transformation() -> bool:
+def inside_transformation() -> bool:
     """Whether a JAX transformation (``jit``, ``grad``, ``vmap``, ...) is tracing the
     caller: only then can ``fun`` close over a tracer. (JAX offers no public test; where
     its internal one is missing, assume so: the price is one more trace of ``fun``.)"""
@@ -478,7 +478,7 @@ def refuse_differentiated_closure(fn: Any, name: str, example_args: tuple, fix: 
       ValueError: such a value is in ``fn``'s closure (transitively); ``fix`` says what to
         do instead.
     """
-    if not _inside_transformation():
+    if not inside_transformation():
         return
     try:
         consts = jax.closure_convert(fn, *example_args)[1]
@@ -506,7 +506,7 @@ def make_objective(
     Raises:
       TypeError: a part of ``fun`` or ``jac`` that is not an array cannot be hashed.
     """
-    if x0 is not None and _inside_transformation():
+    if x0 is not None and inside_transformation():
         if callable(fun):
             fun = _closure_converted(fun, x0, args)
         if callable(jac) and jac is not True:
