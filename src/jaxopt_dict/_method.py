@@ -126,7 +126,7 @@ class Stepper(NamedTuple):
       still_steps: for ``has_memory``: how many steps in a row x must hold still
         (``xtol``) before the solve stops with XTOL; an int or an array (from traced
         options). ``None``: ``_loop.STILL_STEPS``. A few times the rule's memory (the
-        momentum's ``1 / (1 - momentum)``, Adam's ``1 / (1 - b2)``): its velocity or its
+        momentum's ``1 / (1 - momentum)``, Adam's ``1 / (1 - max(b1, b2))``): its velocity or its
         moments must have settled before x staying put means it will stay.
       own_stopping: the method applies its own convergence rules (the least-squares
         methods: scipy's ``ftol``/``xtol``/``gtol`` of ``least_squares``) and reports

@@ -457,15 +457,22 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
             "Pass it through args there.",
         )
         return fn
+    found = _closure_with_derivative(fn, (x0, *args))
+    return fn if found is None else ClosureConverted(*found)
+
+
+def _closure_with_derivative(fn: Any, example_args: tuple) -> tuple[Callable, tuple] | None:
+    """``jax.closure_convert(fn, *example_args)`` as ``(converted, consts)`` where a const
+    is a derivative's tracer; ``None`` where none is (other traced values, a jit's or a
+    shard_map's, are seen by the solve as they are, and stay in the closure with their
+    types), or where ``fn`` cannot be traced (the front door's checks then say why)."""
     try:
-        converted, consts = jax.closure_convert(fn, x0, *args)
-    except Exception:  # noqa: BLE001 (``Objective.check`` reports a broken fun clearly)
-        return fn
-    # Only for a derivative: other traced values (a jit's, a shard_map's) are seen by the
-    # solve as they are, and kept in the closure they keep their types.
+        converted, consts = jax.closure_convert(fn, *example_args)
+    except Exception:  # noqa: BLE001 (``Objective.check`` reports a broken fn clearly)
+        return None
     if not any(type(c).__name__ in _DERIVATIVE_TRACERS for c in consts):
-        return fn
-    return ClosureConverted(converted, tuple(consts))
+        return None
+    return converted, tuple(consts)
 
 
 def refuse_differentiated_closure(fn: Any, name: str, example_args: tuple, fix: str) -> None:
@@ -478,13 +485,7 @@ def refuse_differentiated_closure(fn: Any, name: str, example_args: tuple, fix: 
       ValueError: such a value is in ``fn``'s closure (transitively); ``fix`` says what to
         do instead.
     """
-    if not inside_transformation():
-        return
-    try:
-        consts = jax.closure_convert(fn, *example_args)[1]
-    except Exception:  # noqa: BLE001 (the solve's own checks report a broken fn)
-        return
-    if any(type(c).__name__ in _DERIVATIVE_TRACERS for c in consts):
+    if inside_transformation() and _closure_with_derivative(fn, example_args) is not None:
         raise ValueError(
             f"{name} closes over a value that a derivative of your code is taken in (a "
             "jax.grad or jvp variable): the solve's implicit derivative cannot see it, and "
