@@ -197,3 +197,18 @@ def test_a_batch_lane_starts_each_problem_with_no_still_steps():
     assert int(batch.status[0]) == jd.Status.XTOL and not bool(batch.success[0])
     assert int(batch.nit[1]) == int(alone.nit) and int(batch.status[1]) == int(alone.status)
     np.testing.assert_array_equal(np.asarray(batch.x[1]), np.asarray(alone.x))
+
+
+def test_still_step_counts_are_those_the_docs_give_in_either_dtype():
+    """docs/methods.md: 30 still steps for momentum 0.9, 3,000 for Adam's b2 0.999. With
+    ceil, 1 / (1 - 0.9) = 10.000000000000002 made 31 in float64 (and Adam 3,001 in
+    float32)."""
+    from jaxopt_dict.methods.optax_rules import _still_steps
+
+    def memory(decay, dtype):
+        return 1.0 / (1.0 - jnp.asarray(decay, dtype))
+
+    for dtype in (jnp.float32, jnp.float64):
+        assert int(_still_steps(memory(0.9, dtype))) == 30
+        assert int(_still_steps(memory(0.999, dtype))) == 3000
+        assert int(_still_steps(memory(0.0, dtype))) == 10  # at least STILL_STEPS

@@ -119,7 +119,9 @@ def _still_steps(memory: Any) -> jax.Array:
     after still runs of 23 steps (momentum 0.9), 146 (momentum 0.99) and 378 (Adam's b2
     of 0.999), each 2.3x, 1.5x and 0.4x the memory, in float32 runs of the same rules in
     optax."""
-    steps = jnp.clip(jnp.ceil(3.0 * memory), STILL_STEPS, 2**30)  # (int32; momentum near 1)
+    # Rounded, not ceil'd: 1 / (1 - 0.9) is 10.000000000000002 in float64 and 9.999998 in
+    # float32; both give 30. (Clipped to int32; momentum near 1.)
+    steps = jnp.clip(jnp.round(3.0 * memory), STILL_STEPS, 2**30)
     return steps.astype(jnp.int32)
 
 
