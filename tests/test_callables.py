@@ -333,3 +333,79 @@ def test_unhashable_parts_are_keyed_by_their_content():
     model.tags.add("doubled")
     second = jd.minimize(model, jnp.zeros(3), method="L-BFGS", options=TIGHT)
     np.testing.assert_allclose(second.fun, 2.0 * first.fun, rtol=1e-10)
+
+
+def test_grad_of_a_closure_outside_jit_compiles_once(compile_log):
+    # jax.grad outside jit of a function building its fun as a closure over the variable:
+    # each call compiled the solve anew (the closure was converted to a new function per
+    # trace, ~1 s each), where the same solve with args compiled once.
+    w = jnp.array([0.3, -0.2, 0.5])
+    inner = lambda x, b: quad(x, b) + 0.1 * jnp.sum(x**4)
+
+    def through_closure(b):
+        return (
+            jd.minimize(lambda x: inner(x, b), jnp.zeros(3), method="L-BFGS", options=TIGHT).x @ w
+        )
+
+    def through_args(b):
+        return jd.minimize(inner, jnp.zeros(3), args=(b,), method="L-BFGS", options=TIGHT).x @ w
+
+    bs = [jnp.array([1.0, -2.0, 0.5]), jnp.array([0.5, 1.0, -1.0]), jnp.array([2.0, 0.0, 1.0])]
+    expected = [jax.grad(through_args)(b) for b in bs]
+    assert all(jnp.all(e != 0) for e in expected)
+    jax.grad(through_closure)(bs[0])
+    compile_log.clear()
+    for b, reference in zip(bs, expected):
+        np.testing.assert_allclose(jax.grad(through_closure)(b), reference, rtol=1e-9)
+    assert compile_log.names == []
+
+    # The closure's values as data: nested closures and defaults too, and under jit.
+    def nested(b):
+        near = lambda y: inner(y, b)
+        outer = lambda x: near(x)
+        return jd.minimize(outer, jnp.zeros(3), method="L-BFGS", options=TIGHT).x @ w
+
+    def default(b):
+        fun = lambda x, b=b: inner(x, b)
+        return jd.minimize(fun, jnp.zeros(3), method="L-BFGS", options=TIGHT).x @ w
+
+    for loss in (nested, default):
+        np.testing.assert_allclose(jax.grad(loss)(bs[1]), expected[1], rtol=1e-9)
+        np.testing.assert_allclose(jax.jit(jax.grad(loss))(bs[2]), expected[2], rtol=1e-9)
+
+
+class NoHash:
+    """Unhashable, with no attributes to key it by."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other):
+        return isinstance(other, NoHash)
+
+
+def test_closures_kept_whole_as_before():
+    # Concrete arrays (a boolean mask, used as such), a cell that cannot be hashed, a
+    # recursive function, an empty cell: the function is kept whole, by identity.
+    mask = jnp.array([True, False, True])
+    masked = lambda x: quad(x, jnp.ones(3)) + jnp.sum(x[mask] ** 2)
+    assert split_callable(masked, "fun") == (masked, ())
+    assert jd.minimize(masked, jnp.zeros(3), method="L-BFGS", options=TIGHT).success
+    tag = NoHash()
+    b = jnp.array([1.0, -2.0, 0.5])
+    with_unhashable = lambda x: quad(x, b) if tag is not None else None
+    assert split_callable(with_unhashable, "fun") == (with_unhashable, ())
+    res = jd.minimize(with_unhashable, jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    np.testing.assert_allclose(res.x, solution(b), rtol=1e-8)
+
+    def recursive(x, depth=1):
+        return quad(x, b) if depth == 0 else recursive(x, depth - 1)
+
+    res = jd.minimize(recursive, jnp.zeros(3), method="L-BFGS", options=TIGHT)
+    np.testing.assert_allclose(res.x, solution(b), rtol=1e-8)
+
+    def later(x):
+        return bound_later(x)  # bound below: an empty cell now
+
+    assert split_callable(later, "fun") == (later, ())
+    bound_later = functools.partial(quad, b=b)
