@@ -23,12 +23,9 @@ the cache as it is. An object that hashes by identity (a plain class) is keyed b
 attributes even when it holds no array: kept whole, ``t.c = 5.0`` between two solves would
 hit the cache and return the old answer. (Only if one of its attributes cannot be hashed
 is it kept whole, by identity.) A part that cannot be hashed but whose content can (a
-numpy array of strings, a set, a bytearray, a deque) is keyed by its content. Concrete
-arrays inside a function's closure are constants of the program (a closure is code, not
-data): pass them through ``args`` or a partial. The one function split: a closure (or
-defaults) holding traced values and no concrete array, ``lambda x: f(x, theta)`` under a
-``jax.grad``, ``jit`` or ``vmap`` in ``theta``: rebuilt from its code with new cells, the
-traced values data (``_Splitter._split_function``).
+numpy array of strings, a set, a bytearray, a deque) is keyed by its content. Arrays inside
+a function's closure are not seen (a closure is code, not data): pass them through ``args``
+or a partial.
 """
 
 from __future__ import annotations
@@ -41,7 +38,6 @@ import types
 from typing import Any
 
 import jax
-import jax.core
 import numpy as np
 
 _MAX_DEPTH = 32  # objects nested deeper are kept whole (static)
@@ -177,22 +173,6 @@ class _Object:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Function:
-    """A plain function whose closure holds traced values, keyed by its code, its
-    globals (by identity) and what its cells and defaults hold (the traced values as
-    data), and rebuilt as ``types.FunctionType`` with new cells. Two functions made by one
-    ``def`` or ``lambda`` over equal non-array values share a program."""
-
-    code: types.CodeType
-    globals_: _ById
-    cells: tuple
-    defaults: Any  # node of ``__defaults__`` (a tuple) or None
-    kwdefaults: Any  # node of ``__kwdefaults__`` (a dict) or None
-    attributes: Any  # node of the function's ``__dict__`` or None
-    names: tuple[str, str, str]  # __name__, __qualname__, __module__
-
-
-@dataclasses.dataclass(frozen=True)
 class Skeleton:
     """A callable without its arrays; ``rebuild(skeleton, data)`` puts them back."""
 
@@ -238,9 +218,7 @@ class _Splitter:
 
     def _split_parts(self, value: Any, path: str, depth: int, seen: frozenset) -> Any:
         """``value`` split into parts, or ``None`` if it is kept whole."""
-        if isinstance(value, types.FunctionType):
-            return self._split_function(value, path, depth, seen)
-        if isinstance(value, (types.BuiltinFunctionType, type)):
+        if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
             return None
         if isinstance(value, types.ModuleType):
             return None
@@ -268,53 +246,6 @@ class _Splitter:
         if type(value).__module__.split(".")[0] in ("jax", "jaxlib"):
             return None  # jax's own wrappers (jit, custom_jvp): their attributes are internals
         return self._split_object(value, path, depth, seen)
-
-    def _split_function(
-        self, fn: types.FunctionType, path: str, depth: int, seen: frozenset
-    ) -> Any:
-        """A function's closure, defaults and attributes split (``_Function``) where they
-        hold traced values (a ``jax.grad``'s, a ``jit``'s or a ``vmap``'s variable) and no
-        concrete array; else ``None``: kept whole, by identity, as a function is (its
-        concrete arrays constants of the program, which code may use as such: a boolean
-        mask, ``np.asarray``), and also where a part cannot be hashed or a cell is empty
-        or holds the function itself (recursion).
-
-        A traced value kept in the closure would be a constant to the solve (a silent zero
-        derivative, the reason ``_problem`` converted such closures): as data it is
-        differentiated as ``args`` are, and ``jax.grad`` outside ``jit`` of a function
-        that builds ``lambda x: f(x, theta)`` reuses one program (converted, a closure
-        was a new function, and compiled anew, on every call)."""
-        try:
-            contents = [cell.cell_contents for cell in fn.__closure__ or ()]
-        except ValueError:  # an empty cell: a name bound later
-            return None
-        if not (contents or fn.__defaults__ or fn.__kwdefaults__) or any(c is fn for c in contents):
-            return None
-        mark = (len(self.data), len(self.unhashable), self.by_value)
-        cells = tuple(
-            self.split(content, f"{path}.<closure {name}>", depth, seen)
-            for name, content in zip(fn.__code__.co_freevars, contents)
-        )
-        parts = [
-            None if value is None else self.split(value, f"{path}.{name}", depth, seen)
-            for name, value in (
-                ("__defaults__", fn.__defaults__),
-                ("__kwdefaults__", fn.__kwdefaults__),
-                ("__dict__", dict(vars(fn)) or None),
-            )
-        ]
-        held = self.data[mark[0] :]
-        traced = bool(held) and all(isinstance(a, jax.core.Tracer) for a in held)
-        if not traced or len(self.unhashable) > mark[1]:
-            del self.data[mark[0] :]
-            del self.unhashable[mark[1] :]
-            self.by_value = mark[2]
-            return None
-        self.by_value += 1  # keyed by its parts, whatever they hold
-        names = (fn.__name__, fn.__qualname__, fn.__module__)
-        defaults, kwdefaults, attributes = parts
-        globals_ = _ById(fn.__globals__)
-        return _Function(fn.__code__, globals_, cells, defaults, kwdefaults, attributes, names)
 
     def _split_tree(self, value: Any, path: str, depth: int, seen: frozenset) -> Any:
         """A registered pytree node flattened one level, or ``None`` for a leaf."""
@@ -412,19 +343,6 @@ def _rebuild_node(node: Any, leaves: Any) -> Any:
         args = [_rebuild_node(a, leaves) for a in node.args]
         keywords = {k: _rebuild_node(v, leaves) for k, v in node.keywords}
         return node.cls(func, *args, **keywords)
-    if isinstance(node, _Function):
-        cells = tuple(types.CellType(_rebuild_node(c, leaves)) for c in node.cells)
-        defaults, kwdefaults, attributes = (
-            None if part is None else _rebuild_node(part, leaves)
-            for part in (node.defaults, node.kwdefaults, node.attributes)
-        )
-        fn = types.FunctionType(
-            node.code, node.globals_.value, node.names[0], defaults, cells or None
-        )
-        fn.__kwdefaults__ = kwdefaults
-        fn.__qualname__, fn.__module__ = node.names[1], node.names[2]
-        fn.__dict__.update(attributes or {})
-        return fn
     obj = copy.copy(node.template)
     for name, child in zip(node.names, node.children):
         object.__setattr__(obj, name, _rebuild_node(child, leaves))

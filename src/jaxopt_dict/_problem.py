@@ -446,40 +446,19 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
     (``lambda x: f(x, theta)``), the implicit derivative saw ``theta`` as a constant: the
     derivative was silently zero under ``jit``, and outside ``jit`` JAX raised "No
     constant handler for type JVPTracer". ``jax.closure_convert`` hoists them (values
-    of the transformations the solve is traced under, where one is a derivative's).
-
-    A plain function's closure holding them is split instead (``_callable``): its traced
-    values are data, and one program serves every such closure, where a converted
-    function is new on every trace (``jax.grad`` outside ``jit`` compiled the solve again
-    on each call). Only tracers that splitting does not reach (a global, a jax wrapper's
-    insides, a closure with a concrete array beside them) are converted."""
-    example_x0 = vary_over_manual_axes(x0)
-    try:
-        skeleton, data = split_callable(fn, "fun")
-    except TypeError:  # unhashable parts: ``make_objective`` reports them
-        return fn
-    probe = _Rebuilt(skeleton) if isinstance(skeleton, Skeleton) else None
-    if probe is not None and _closure_with_derivative(probe, (example_x0, data, *args)) is None:
-        return fn
+    of the transformations the solve is traced under, where one is a derivative's)."""
     if in_manual_mesh():
         # Inside shard_map the converted function's types would carry the varying mesh
         # axes of the example x, and the solve calls fun with others: refused instead.
         refuse_differentiated_closure(
-            fn, "fun, inside shard_map,", (example_x0, *args), "Pass it through args there."
+            fn,
+            "fun, inside shard_map,",
+            (vary_over_manual_axes(x0), *args),
+            "Pass it through args there.",
         )
         return fn
     found = _closure_with_derivative(fn, (x0, *args))
     return fn if found is None else ClosureConverted(*found)
-
-
-class _Rebuilt:
-    """``skeleton`` called with its data as an argument: ``(x, data, *args)``."""
-
-    def __init__(self, skeleton: Skeleton) -> None:
-        self.skeleton = skeleton
-
-    def __call__(self, x: PyTree, data: tuple, *args: Any) -> Any:
-        return rebuild(self.skeleton, data)(x, *args)
 
 
 def _closure_with_derivative(fn: Any, example_args: tuple) -> tuple[Callable, tuple] | None:
