@@ -7,6 +7,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -333,3 +334,33 @@ def test_unhashable_parts_are_keyed_by_their_content():
     model.tags.add("doubled")
     second = jd.minimize(model, jnp.zeros(3), method="L-BFGS", options=TIGHT)
     np.testing.assert_allclose(second.fun, 2.0 * first.fun, rtol=1e-10)
+
+
+class Targets:
+    """Its targets a dict, read in insertion order."""
+
+    def __init__(self, targets, sign=1.0):
+        self.targets = targets
+        self.sign = sign
+
+    def __call__(self, x):
+        t = jnp.stack(list(self.targets.values()))
+        return jnp.sum((x - math.copysign(1.0, self.sign) * t) ** 2)
+
+
+def test_a_dict_keeps_its_order_and_a_float_its_sign():
+    # Before: the dict was rebuilt in sorted key order (JAX's flattening), so fun read its
+    # values in another order and the solve returned [5, 1] for targets [1, 5]; and -0.0
+    # keyed the program as 0.0 did, so the second solve returned the first's answer.
+    targets = {"b": jnp.asarray(1.0), "a": jnp.asarray(5.0)}
+    res = jd.minimize(Targets(targets), jnp.zeros(2), method="L-BFGS", options=TIGHT)
+    np.testing.assert_allclose(res.x, [1.0, 5.0], rtol=1e-8)
+    plus = jd.minimize(Targets(targets, 0.0), jnp.zeros(2), method="L-BFGS", options=TIGHT)
+    minus = jd.minimize(Targets(targets, -0.0), jnp.zeros(2), method="L-BFGS", options=TIGHT)
+    np.testing.assert_allclose(plus.x, [1.0, 5.0], rtol=1e-8)
+    np.testing.assert_allclose(minus.x, [-1.0, -5.0], rtol=1e-8)
+    # Under a derivative too: the identity, not a permutation.
+    jac = jax.jacrev(
+        lambda t: jd.minimize(Targets({"b": t[0], "a": t[1]}), jnp.zeros(2), options=TIGHT).x
+    )(jnp.array([1.0, 5.0]))
+    np.testing.assert_allclose(jac, np.eye(2), atol=1e-8)

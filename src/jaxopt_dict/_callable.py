@@ -34,6 +34,7 @@ import collections
 import copy
 import dataclasses
 import functools
+import math
 import types
 from typing import Any
 
@@ -83,6 +84,9 @@ class _Static:
             return True
         if type(a) is not type(b):
             return False
+        if isinstance(a, float):
+            # -0.0 == 0.0, but a program that reads the sign (copysign, 1 / c) differs.
+            return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
         try:
             return bool(a == b)
         except Exception:  # noqa: BLE001 (an __eq__ can raise anything)
@@ -139,6 +143,15 @@ class _Tree:
     """A registered pytree node: its treedef (one level) and its children."""
 
     treedef: Any
+    children: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dict:
+    """A ``dict``, its keys in insertion order (JAX's flattening sorts them, and a rebuilt
+    dict in sorted order changed what ``list(d.values())`` in ``fun`` returns)."""
+
+    keys: tuple
     children: tuple
 
 
@@ -249,6 +262,9 @@ class _Splitter:
 
     def _split_tree(self, value: Any, path: str, depth: int, seen: frozenset) -> Any:
         """A registered pytree node flattened one level, or ``None`` for a leaf."""
+        if type(value) is dict:
+            children = tuple(self.split(v, f"{path}[{k!r}]", depth, seen) for k, v in value.items())
+            return _Dict(tuple(value), children)
         first = [True]
 
         def one_level(node: Any) -> bool:  # the root is flattened, its children are not
@@ -333,6 +349,8 @@ def _rebuild_node(node: Any, leaves: Any) -> Any:
         return next(leaves)
     if isinstance(node, (_Static, _ById, _Content)):
         return node.value
+    if isinstance(node, _Dict):
+        return {key: _rebuild_node(child, leaves) for key, child in zip(node.keys, node.children)}
     if isinstance(node, _Tree):
         children = [_rebuild_node(child, leaves) for child in node.children]
         return jax.tree_util.tree_unflatten(node.treedef, children)
