@@ -5,6 +5,7 @@ derivatives of ``res.x`` with respect to them are implicit, as for ``args``."""
 from __future__ import annotations
 
 import array
+import collections
 import dataclasses
 import functools
 import math
@@ -359,6 +360,9 @@ def test_a_dict_keeps_its_order_and_a_float_its_sign():
     minus = jd.minimize(Targets(targets, -0.0), jnp.zeros(2), method="L-BFGS", options=TIGHT)
     np.testing.assert_allclose(plus.x, [1.0, 5.0], rtol=1e-8)
     np.testing.assert_allclose(minus.x, [-1.0, -5.0], rtol=1e-8)
+    default = collections.defaultdict(list, targets)
+    res = jd.minimize(Targets(default), jnp.zeros(2), method="L-BFGS", options=TIGHT)
+    np.testing.assert_allclose(res.x, [1.0, 5.0], rtol=1e-8)
     # Under a derivative too: the identity, not a permutation.
     jac = jax.jacrev(
         lambda t: jd.minimize(Targets({"b": t[0], "a": t[1]}), jnp.zeros(2), options=TIGHT).x

@@ -148,11 +148,14 @@ class _Tree:
 
 @dataclasses.dataclass(frozen=True)
 class _Dict:
-    """A ``dict``, its keys in insertion order (JAX's flattening sorts them, and a rebuilt
-    dict in sorted order changed what ``list(d.values())`` in ``fun`` returns)."""
+    """A ``dict`` or ``defaultdict``, its keys in insertion order (JAX's flattening sorts
+    them, and a rebuilt dict in sorted order changed what ``list(d.values())`` in ``fun``
+    returns). ``factory``: a defaultdict's ``default_factory`` (a node), else None."""
 
     keys: tuple
     children: tuple
+    defaultdict: bool = False
+    factory: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,9 +265,13 @@ class _Splitter:
 
     def _split_tree(self, value: Any, path: str, depth: int, seen: frozenset) -> Any:
         """A registered pytree node flattened one level, or ``None`` for a leaf."""
-        if type(value) is dict:
+        if type(value) in (dict, collections.defaultdict):
+            default = type(value) is collections.defaultdict
+            factory = None
+            if default:
+                factory = self.split(value.default_factory, f"{path}.default_factory", depth, seen)
             children = tuple(self.split(v, f"{path}[{k!r}]", depth, seen) for k, v in value.items())
-            return _Dict(tuple(value), children)
+            return _Dict(tuple(value), children, default, factory)
         first = [True]
 
         def one_level(node: Any) -> bool:  # the root is flattened, its children are not
@@ -350,7 +357,9 @@ def _rebuild_node(node: Any, leaves: Any) -> Any:
     if isinstance(node, (_Static, _ById, _Content)):
         return node.value
     if isinstance(node, _Dict):
-        return {key: _rebuild_node(child, leaves) for key, child in zip(node.keys, node.children)}
+        factory = _rebuild_node(node.factory, leaves) if node.defaultdict else None
+        items = {key: _rebuild_node(child, leaves) for key, child in zip(node.keys, node.children)}
+        return collections.defaultdict(factory, items) if node.defaultdict else items
     if isinstance(node, _Tree):
         children = [_rebuild_node(child, leaves) for child in node.children]
         return jax.tree_util.tree_unflatten(node.treedef, children)
