@@ -2,7 +2,7 @@
 process: the A/B measurement a change to the program's size or speed needs.
 
     python benchmarks/ab_revision.py [--base REV] [--cases single,box,vmap] [--sizes 2,10,100]
-                                     [--repeats 30] [--out FILE]
+                                     [--repeats 30] [--compiles 3] [--out FILE]
 
 The base revision's ``src/jaxopt_dict`` is exported (``git archive``) into a temporary
 folder as a package of another name, ``jaxopt_dict_base``, so both import side by side.
@@ -10,17 +10,23 @@ For each case (L-BFGS-B on Rosenbrock from (-1.2, 1, ...): ``single`` unbounded,
 in [-2, 0.8], both at each ``--sizes`` n; ``vmap``: ``jax.vmap(minimize)`` with the
 default method over 1,000 and 10,000 2-D Rosenbrocks from uniform starts in [-2, 2]^2),
 it reports, new beside base: kernels per trip of the main loop and fusions
-(``program_size.Program``, our compile options), compile time (median of 3 fresh
-compiles), steady time (median, the two timed round-robin), and nfev (max over a batch).
+(``program_size.Program``, our compile options), compile time (median of ``--compiles``
+fresh compiles, the two alternating), steady time (median, the two timed round-robin),
+and nfev (max over a batch).
 
 Why one process: on the shared 2-core machines, the same program timed in two processes
-a minute apart differed by up to 2x; round-robin in one process, ratios held within a few
-percent. Nothing here asserts a timing.
+a minute apart differed by up to 2x; round-robin in one process, HEAD against itself gave
+steady ratios of 0.84-1.03 in a default run (load average 1.7) and 1.00-1.23 in two runs
+with ``--repeats 10``; compile ratios of 0.67-1.64 in the default run (before compiles
+alternated) and 0.84-1.00 in the others. Repeat a run, and raise ``--repeats`` and
+``--compiles``, before trusting a difference under about 25%. Nothing here asserts a
+timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import pathlib
 import re
@@ -60,8 +66,6 @@ def export_base(revision: str, into: str):
     for path in package.rglob("*.py"):
         path.write_text(re.sub(r"\bjaxopt_dict\b", BASE_NAME, path.read_text()))
     sys.path.insert(0, into)
-    import importlib
-
     return importlib.import_module(BASE_NAME)
 
 
@@ -89,19 +93,27 @@ def cases(kinds: list[str], sizes: list[int]):
     return out
 
 
-def measure(solve, x, compiles: int = 3):
-    """Compile (median of fresh compiles), kernel counts and the compiled call."""
+def measure(solves: dict, x, compiles: int = 3) -> tuple[dict, dict]:
+    """Per label: compile time (median of fresh compiles, the labels alternating, as the
+    steady calls do), kernel counts and nfev; and the compiled calls."""
     options = _compile.compiler_options()
-    times, compiled = [], None
+    times = {label: [] for label in solves}
+    compiled = {}
     for _ in range(compiles):
-        jax.clear_caches()
-        start = time.perf_counter()
-        compiled = jax.jit(solve).lower(x).compile(compiler_options=options)
-        times.append(time.perf_counter() - start)
-    assert compiled is not None
-    summary = P.Program(compiled.as_text()).summary()
-    nfev = int(jnp.max(jax.block_until_ready(compiled(x)).nfev))
-    return {"compile": statistics.median(times), "summary": summary, "nfev": nfev}, compiled
+        for label, solve in solves.items():
+            jax.clear_caches()
+            start = time.perf_counter()
+            compiled[label] = jax.jit(solve).lower(x).compile(compiler_options=options)
+            times[label].append(time.perf_counter() - start)
+    found = {
+        label: {
+            "compile": statistics.median(times[label]),
+            "summary": P.Program(call.as_text()).summary(),
+            "nfev": int(jnp.max(jax.block_until_ready(call(x)).nfev)),
+        }
+        for label, call in compiled.items()
+    }
+    return found, compiled
 
 
 def main(argv=None) -> None:
@@ -109,16 +121,15 @@ def main(argv=None) -> None:
     parser.add_argument("--base", default="HEAD", help="git revision to compare against")
     parser.add_argument("--cases", default="single,box,vmap")
     parser.add_argument("--sizes", default="2,10,100")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=30, help="steady calls per solver")
+    parser.add_argument("--compiles", type=int, default=3, help="fresh compiles per solver")
     parser.add_argument("--out", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         base = export_base(args.base, folder)
         rows = []
         for name, make, x in cases(args.cases.split(","), [int(n) for n in args.sizes.split(",")]):
-            found, calls = {}, {}
-            for label, jd in (("new", new), ("base", base)):
-                found[label], calls[label] = measure(make(jd), x)
+            found, calls = measure({"new": make(new), "base": make(base)}, x, args.compiles)
             times = {label: [] for label in calls}
             repeats = args.repeats if x.size <= 2000 else max(5, args.repeats // 4)
             for _ in range(repeats):

@@ -150,11 +150,10 @@ class _Tree:
 class _Dict:
     """A ``dict`` or ``defaultdict``, its keys in insertion order (JAX's flattening sorts
     them, and a rebuilt dict in sorted order changed what ``list(d.values())`` in ``fun``
-    returns). ``factory``: a defaultdict's ``default_factory`` (a node), else None."""
+    returns). ``factory``: a defaultdict's ``default_factory`` (a node); None for a dict."""
 
     keys: tuple
     children: tuple
-    defaultdict: bool = False
     factory: Any = None
 
 
@@ -266,12 +265,11 @@ class _Splitter:
     def _split_tree(self, value: Any, path: str, depth: int, seen: frozenset) -> Any:
         """A registered pytree node flattened one level, or ``None`` for a leaf."""
         if type(value) in (dict, collections.defaultdict):
-            default = type(value) is collections.defaultdict
             factory = None
-            if default:
+            if isinstance(value, collections.defaultdict):
                 factory = self.split(value.default_factory, f"{path}.default_factory", depth, seen)
             children = tuple(self.split(v, f"{path}[{k!r}]", depth, seen) for k, v in value.items())
-            return _Dict(tuple(value), children, default, factory)
+            return _Dict(tuple(value), children, factory)
         first = [True]
 
         def one_level(node: Any) -> bool:  # the root is flattened, its children are not
@@ -357,9 +355,10 @@ def _rebuild_node(node: Any, leaves: Any) -> Any:
     if isinstance(node, (_Static, _ById, _Content)):
         return node.value
     if isinstance(node, _Dict):
-        factory = _rebuild_node(node.factory, leaves) if node.defaultdict else None
+        plain = node.factory is None
+        factory = None if plain else _rebuild_node(node.factory, leaves)  # split first
         items = {key: _rebuild_node(child, leaves) for key, child in zip(node.keys, node.children)}
-        return collections.defaultdict(factory, items) if node.defaultdict else items
+        return items if plain else collections.defaultdict(factory, items)
     if isinstance(node, _Tree):
         children = [_rebuild_node(child, leaves) for child in node.children]
         return jax.tree_util.tree_unflatten(node.treedef, children)
