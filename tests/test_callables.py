@@ -288,8 +288,34 @@ def test_plain_functions_are_kept_as_they_are():
     args = (jnp.ones(3),)
     objective, solve_args = make_objective(quad, None, False, args)
     assert objective.fun is quad and solve_args is args and not objective.data_in_args
-    partial = functools.partial(quad, b=(1.0, 2.0, 3.0))  # hashable, no arrays
-    assert split_callable(partial, "fun") == (partial, ())
+
+
+@pytest.mark.parametrize("kind", [functools.partial, jax.tree_util.Partial])
+def test_a_partial_is_keyed_by_what_it_holds(kind):
+    """A partial hashes by identity: kept whole, a change to what it holds (its keywords,
+    a dict it holds, updated in place) hit the cached program and returned the old
+    answer, with success. It is keyed by its func, args and keywords instead, so two
+    equal partials also share one program."""
+    targets = {"b": 1.0}
+    p = kind(lambda x, cfg, scale: scale * quad(x, jnp.full(3, cfg["b"])), cfg=targets, scale=1.0)
+
+    def solve():
+        return jd.minimize(p, jnp.zeros(3), method="L-BFGS", options=TIGHT)
+
+    np.testing.assert_allclose(solve().x, solution(np.full(3, 1.0)), rtol=1e-8)
+    targets["b"] = 5.0
+    np.testing.assert_allclose(solve().x, solution(np.full(3, 5.0)), rtol=1e-8)
+    p.keywords["scale"] = 10.0
+    p.keywords["cfg"] = {"b": -2.0}
+    res = solve()
+    np.testing.assert_allclose(res.x, solution(np.full(3, -2.0)), rtol=1e-8)
+    np.testing.assert_allclose(res.fun, p(res.x), rtol=1e-12)
+
+    twin = functools.partial(quad, b=(1.0, 2.0, 3.0))
+    assert (
+        split_callable(twin, "fun")[0]
+        == split_callable(functools.partial(quad, b=(1.0, 2.0, 3.0)), "fun")[0]
+    )
 
 
 def test_an_unhashable_static_part_names_fun():

@@ -19,9 +19,10 @@ What is looked into (recursively, up to ``_MAX_DEPTH`` levels):
 
 Functions, lambdas and builtins are kept as they are (static, compared by identity), and so
 is any part that holds no array and hashes by value (a frozen dataclass, a tuple): it keys
-the cache as it is. An object that hashes by identity (a plain class) is keyed by its
-attributes even when it holds no array: kept whole, ``t.c = 5.0`` between two solves would
-hit the cache and return the old answer. (Only if one of its attributes cannot be hashed
+the cache as it is. An object that hashes by identity (a plain class, a ``functools.partial``)
+is keyed by its attributes (a partial: its func, args and keywords) even when it holds no
+array: kept whole, ``t.c = 5.0`` between two solves would hit the cache and return the old
+answer. (Only if one of its attributes cannot be hashed
 is it kept whole, by identity.) A part that cannot be hashed but whose content can (a
 numpy array of strings, a set, a bytearray, a deque) is keyed by its content. Arrays inside
 a function's closure are not seen (a closure is code, not data): pass them through ``args``
@@ -214,6 +215,16 @@ class _Splitter:
         within_limits = depth < _MAX_DEPTH and self.nodes < _MAX_NODES
         if within_limits and id(value) not in seen:
             node = self._split_parts(value, path, depth + 1, seen | {id(value)})
+        if (
+            node is not None
+            and not isinstance(node, _Object)  # (``_split_object`` decides for itself)
+            and self.by_value == n_by_value
+            and _hashed_by_identity(value)
+        ):
+            # A partial (functools' or jax's) hashes by identity, as a plain object does:
+            # kept whole, a change to what it holds (``p.keywords["c"] = 5.0``, a dict it
+            # holds updated in place) would hit the cache and return the old answer.
+            self.by_value += 1
         # An object hashed by identity is keyed by its attributes (``_split_object``),
         # arrays or not, and so is what holds one, unless some part cannot be hashed: then
         # by identity, as it hashes.
