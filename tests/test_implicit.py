@@ -240,6 +240,27 @@ def test_closure_under_vmap_and_grad():
     np.testing.assert_allclose(got, expected, rtol=1e-9)
 
 
+def test_closure_with_a_transformation_between_grad_and_the_solve():
+    """A jit, checkpoint, scan or vmap between the derivative and the solve: the value fun
+    closes over is the staged (or batched) one, not the derivative's tracer, and it was
+    left in the closure: JAX raised "No constant handler for type DynamicJaxprTracer".
+    It is data of the solve now, differentiated like args."""
+    expected = jax.jacrev(_args_argmin)(THETA)
+    for transform in (jax.jit, jax.checkpoint):
+        for derivative in (jax.jacrev, jax.jacfwd):
+            got = derivative(transform(_closure_argmin))(THETA)
+            np.testing.assert_allclose(got, expected, rtol=1e-9)
+    inside_vmap = jax.jacrev(lambda t: jax.vmap(_closure_argmin)(t[None])[0])(THETA)
+    np.testing.assert_allclose(inside_vmap, expected, rtol=1e-9)
+
+    def scanned(thetas):
+        return jax.lax.scan(lambda c, t: (c + jnp.sum(_closure_argmin(t)), None), 0.0, thetas)[0]
+
+    thetas = jnp.stack([THETA, THETA + 0.1])
+    reference = jnp.stack([jax.jacrev(_args_argmin)(t).sum(0) for t in thetas])
+    np.testing.assert_allclose(jax.grad(scanned)(thetas), reference, rtol=1e-9)
+
+
 def test_kept_callables_closing_over_a_differentiated_value_are_refused():
     """least squares' loss and PG's physics are part of the compiled program: closing over
     the grad variable, the implicit derivative was zero in it under jit (and JAX raised

@@ -164,16 +164,18 @@ def test_vmap_of_least_squares_runs_the_queue(queue_runs):
         np.testing.assert_allclose(res.cost[i], alone.cost, rtol=1e-12)
 
 
-def test_closures_over_traced_values_batch_plainly(queue_runs):
-    # fun closing over a jit argument (unbatched here) or an outer vmap's variable: the
-    # queue would trace fun again and bake the traced value in; such batches stay plain.
+def test_closures_over_traced_values(queue_runs):
+    # fun closing over an outer vmap's variable: the queue would trace fun again and bake
+    # the traced value in; such batches stay plain. A jit argument fun closes over is
+    # data of the solve (it may be differentiated later), and the queue runs.
     def solve(x, w):
         return jd.minimize(lambda z: jnp.sum((z - w) ** 2) + jnp.sum(z**4), x)
 
     starts = jnp.asarray(STARTS)
-    res = jax.jit(lambda xs, w: jax.vmap(lambda x: solve(x, w))(xs))(starts, jnp.asarray(0.5))
     nested = jax.vmap(lambda w: jax.vmap(lambda x: solve(x, w))(starts))(jnp.asarray([0.5, 1.0]))
     assert queue_runs == []
+    res = jax.jit(lambda xs, w: jax.vmap(lambda x: solve(x, w))(xs))(starts, jnp.asarray(0.5))
+    assert queue_runs == [(256, (None,))]  # fun's data (w) is shared by every problem
     for i in (0, B - 1):
         alone = solve(starts[i], jnp.asarray(0.5))
         assert int(res.nit[i]) == int(alone.nit) == int(nested.nit[0, i])

@@ -446,7 +446,8 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
     (``lambda x: f(x, theta)``), the implicit derivative saw ``theta`` as a constant: the
     derivative was silently zero under ``jit``, and outside ``jit`` JAX raised "No
     constant handler for type JVPTracer". ``jax.closure_convert`` hoists them (values
-    of the transformations the solve is traced under, where one is a derivative's)."""
+    of the transformations the solve is traced under, where one may be differentiated:
+    ``_may_be_differentiated``)."""
     if in_manual_mesh():
         # Inside shard_map the converted function's types would carry the varying mesh
         # axes of the example x, and the solve calls fun with others: refused instead.
@@ -457,15 +458,36 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
             "Pass it through args there.",
         )
         return fn
-    found = _closure_with_derivative(fn, (x0, *args))
-    return fn if found is None else ClosureConverted(*found)
+    try:
+        converted, consts = jax.closure_convert(fn, x0, *args)
+    except Exception:  # noqa: BLE001 (``Objective.check`` reports a broken fn clearly)
+        return fn
+    if not any(_may_be_differentiated(c) for c in consts):
+        return fn
+    return ClosureConverted(converted, tuple(consts))
+
+
+def _may_be_differentiated(value: Any) -> bool:
+    """A traced value that a derivative is, or may later be, taken in: a derivative's own
+    tracer (jvp, grad's linearization), a staged one (a ``jit``, ``scan`` or
+    ``checkpoint`` around the solve: JAX differentiates the staged program afterwards,
+    ``jax.grad(jax.jit(f))``), or a tracer holding one (a ``vmap`` inside a ``grad``).
+    Left in the closure, the implicit derivative took it for a constant: JAX raised "No
+    constant handler for type DynamicJaxprTracer". A value only a ``vmap`` traces stays in
+    the closure (the solve batches plainly, as the docs say)."""
+    while isinstance(value, jax.core.Tracer):
+        if type(value).__name__ in _DERIVATIVE_TRACERS | {"DynamicJaxprTracer"}:
+            return True
+        value = getattr(value, "val", None)  # a vmap's tracer: the value it batches
+    return False
 
 
 def _closure_with_derivative(fn: Any, example_args: tuple) -> tuple[Callable, tuple] | None:
     """``jax.closure_convert(fn, *example_args)`` as ``(converted, consts)`` where a const
-    is a derivative's tracer; ``None`` where none is (other traced values, a jit's or a
-    shard_map's, are seen by the solve as they are, and stay in the closure with their
-    types), or where ``fn`` cannot be traced (the front door's checks then say why)."""
+    is a derivative's tracer (a jvp or grad being taken now); ``None`` where none is, or
+    where ``fn`` cannot be traced (the front door's checks then say why). What
+    ``refuse_differentiated_closure`` refuses; ``fun``'s own closure is hoisted more widely
+    (``_closure_converted``)."""
     try:
         converted, consts = jax.closure_convert(fn, *example_args)
     except Exception:  # noqa: BLE001 (``Objective.check`` reports a broken fn clearly)
