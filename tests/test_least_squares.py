@@ -318,6 +318,27 @@ def test_vmap_jit_and_batch_agree_with_single_solves(decay):
         np.testing.assert_allclose(np.asarray(queued.fun[i]), np.asarray(alone.fun), atol=1e-12)
 
 
+def test_batch_takes_scipys_stopping_keywords(decay):
+    """``least_squares_batch`` takes ``ftol``, ``xtol``, ``gtol`` and ``max_nfev`` as
+    keywords, as ``least_squares`` does (they were a TypeError), with the same meaning."""
+    _T, _Y, _P0 = decay
+    ys = jnp.stack([_Y, 1.5 * _Y])
+    keywords = {"ftol": 1e-12, "xtol": None, "gtol": 1e-12, "max_nfev": 4}
+    queued = jd.least_squares_batch(
+        _decay_residuals, jnp.tile(_P0, (2, 1)), args=(_T, ys), args_axes=(None, 0), **keywords
+    )
+    for i in range(2):
+        alone = jd.least_squares(_decay_residuals, _P0, args=(_T, ys[i]), **keywords)
+        assert int(queued.nfev[i]) == int(alone.nfev) == 4
+        assert int(queued.status[i]) == int(alone.status) == int(jd.Status.MAX_ITER)
+        np.testing.assert_allclose(np.asarray(queued.x[i]), np.asarray(alone.x), rtol=1e-12)
+    with pytest.raises(ValueError, match="max_nfev given both"):
+        jd.least_squares_batch(
+            _decay_residuals, jnp.tile(_P0, (2, 1)), args=(_T, ys), args_axes=(None, 0),
+            max_nfev=4, options={"max_nfev": 5},
+        )  # fmt: skip
+
+
 def test_f_scale_is_data_no_recompile(compile_log, decay):
     _T, _Y, _P0 = decay
     solve = jax.jit(lambda s: jd.least_squares(_decay_residuals, _P0, args=(_T, _Y),

@@ -726,15 +726,19 @@ def least_squares_batch(
     options: Mapping[str, Any] | None = None,
     lanes: int | None = None,
     args_axes: int | None | tuple[int | None, ...] = 0,
+    ftol: float | None = NOT_GIVEN,
+    xtol: float | None = NOT_GIVEN,
+    gtol: float | None = NOT_GIVEN,
+    max_nfev: int | None = NOT_GIVEN,
 ) -> OptimizeResult:
     """Many least-squares fits at once, with continuous batching (``minimize_batch``'s
     way): ``lanes`` problems in flight in one compiled loop, a finished lane taking the
     next problem, so throughput follows the mean evaluation count, not the max.
 
     Args:
-      fun, jac, method, bounds, loss, f_scale, x_scale, tol, options: as for
-        ``least_squares`` (bounds, f_scale and x_scale shared by all problems; no disp,
-        trace or callback).
+      fun, jac, method, bounds, loss, f_scale, x_scale, tol, options, ftol, xtol, gtol,
+        max_nfev: as for ``least_squares`` (bounds, f_scale and x_scale shared by all
+        problems; no disp, trace or callback).
       x0: a pytree whose every leaf has a leading batch axis of the same length B.
       args: a tuple of pytrees; batched ones (``args_axes``) have the leading axis B.
       lanes: problems in flight at once (default on CPU ``B // 32`` clipped to [32, 64],
@@ -766,7 +770,7 @@ def least_squares_batch(
         )
     static, _, solve_args, dynamic, box = prepare_least_squares(
         fun, take_row(x0, 0), one_problem, method, jac, bounds, loss, f_scale, x_scale, tol,
-        options, None, {},
+        options, None, {"ftol": ftol, "xtol": xtol, "gtol": gtol, "max_nfev": max_nfev},
     )  # fmt: skip
     args, args_axes = with_hidden_args(solve_args, one_problem, args, args_axes)
     x0 = jax.vmap(strictly_inside, in_axes=(0, None))(canonicalize_x0(x0), box)
