@@ -228,6 +228,49 @@ def test_float32_robust(method):
         assert 2 * float(res.cost) <= 2 * ref.cost * (1 + 1e-3) + 1e-6, name
 
 
+# (scale, x_scale) of a scaled three-residual problem where the trust-region solves once
+# overflowed: no step was taken, MAX_ITER at x0, where scipy's lm converges in about 20
+# evaluations (float64; an audit's sweep).
+SCALED = {
+    jnp.float32: [(1e9, 1.0), (1e10, None), (1e12, None), (1e-10, 1.0)],
+    jnp.float64: [(1e78, 1.0), (1e103, None), (1e-80, 1.0)],
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_large_and_small_jacobians_are_solved(dtype):
+    """lm's parameter and trf's trust-region solve came from squares of the singular
+    values (``uf**2 / s**4``, ``suf**2 / denom**3``, ``||suf||``, ``lo * up``), which
+    overflowed in float32 from |J| ~ 1e9 and in float64 from ~1e78: no step was ever
+    taken. Formed from norms now (MINPACK's way), every scale reaches the unscaled
+    problem's minimizer; lm in float64 takes scipy's evaluation count at 1e78."""
+
+    def residuals(x, scale):
+        return scale * jnp.stack([10 * (x[1] - x[0] ** 2), 1 - x[0], 0.1 * (x[1] + x[0])])
+
+    x0 = jnp.asarray([-1.2, 1.0], dtype)
+    want = jd.least_squares(residuals, x0, args=(jnp.asarray(1.0, dtype),)).x
+    tol = 1e-3 if dtype == jnp.float32 else 1e-7
+    for scale, x_scale in SCALED[dtype]:
+        for method in ("lm", "trf"):
+            if method == "trf" and scale < 1:
+                continue  # trf's gtol is absolute (scipy's): CONVERGED at x0 there
+            kw = {} if x_scale is None else {"x_scale": x_scale}
+            res = jd.least_squares(
+                residuals, x0, args=(jnp.asarray(scale, dtype),), method=method, **kw
+            )
+            assert bool(res.success), (scale, x_scale, method, res.message)
+            np.testing.assert_allclose(np.asarray(res.x), np.asarray(want), atol=tol)
+    if dtype == jnp.float64:
+        ref = scipy.optimize.least_squares(
+            lambda x: np.asarray(residuals(jnp.asarray(x), 1e78)), np.array([-1.2, 1.0]),
+            jac=lambda x: np.asarray(jax.jacfwd(residuals)(jnp.asarray(x), 1e78)),
+            method="lm", x_scale=1.0,
+        )  # fmt: skip
+        res = jd.least_squares(residuals, x0, args=(1e78,), method="lm", x_scale=1.0)
+        assert int(res.nfev) == ref.nfev
+
+
 def test_statuses():
     rosen = BY_NAME["rosenbrock"]
     x0 = jnp.asarray(rosen.x0)

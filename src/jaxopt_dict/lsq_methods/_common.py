@@ -60,6 +60,15 @@ def safe_div(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.where(nonzero, a / jnp.where(nonzero, b, 1), 0)
 
 
+def scaled_norm(v: jax.Array) -> jax.Array:
+    """``||v||`` as MINPACK's ``enorm`` keeps it: scaled by the largest entry first, so that
+    no square of a large or small entry overflows or underflows (float32 from |v| ~ 1e19
+    or 1e-19 on)."""
+    big = jnp.max(jnp.abs(v))
+    big = jnp.where((big > 0) & jnp.isfinite(big), big, jnp.ones_like(big))
+    return big * jnp.linalg.norm(v / big)
+
+
 class Factors(NamedTuple):
     """One SVD of the (scaled) Jacobian, ``A = U diag(s) V^T``, and ``uf = U^T f``: all a
     trust-region solve needs, whatever the radius (computed once per iterate)."""
@@ -234,25 +243,31 @@ def solve_trust_region(
     p_newton = -V @ safe_div(uf, s)
     newton_fits = is_full_rank & (jnp.linalg.norm(p_newton) <= Delta)
 
-    def phi_and_derivative(a):
+    def phi_and_newton_step(a):
+        """``phi(a)`` and ``phi(a) / phi'(a)``, where ``phi' = -sum(suf^2 / denom^3) /
+        ||p||``. With ``q = suf / denom`` (p in V's basis) that sum is ``||q / sqrt(denom)||^2``,
+        and the ratio is formed from norms, never their squares: ``suf**2 / denom**3``
+        overflowed in float32 from |J| ~ 1e9 (scipy's formula; float64 from ~1e100), and
+        the solve then took no step at all."""
         denom = s**2 + a
-        p_norm = jnp.linalg.norm(safe_div(suf, denom))
+        q = safe_div(suf, denom)
+        p_norm = scaled_norm(q)
         phi = p_norm - Delta
-        phi_prime = -safe_div(jnp.sum(safe_div(suf**2, denom**3)), p_norm)
-        return phi, phi_prime
+        t = scaled_norm(safe_div(q, jnp.sqrt(denom)))
+        return phi, -safe_div(safe_div(phi, t) * p_norm, t)
 
-    upper = jnp.linalg.norm(suf) / Delta
-    phi0, dphi0 = phi_and_derivative(jnp.zeros_like(Delta))
-    lower = jnp.where(is_full_rank, -safe_div(phi0, dphi0), 0.0)
-    restart = lambda lo, up: jnp.maximum(0.001 * up, jnp.sqrt(lo * up))
+    upper = scaled_norm(suf) / Delta  # (||suf||^2 overflowed in float32 from |J| ~ 1e9)
+    _, newton0 = phi_and_newton_step(jnp.zeros_like(Delta))
+    lower = jnp.where(is_full_rank, -newton0, 0.0)
+    # sqrt(lo) sqrt(up): lo * up overflowed in float32 from |J| ~ 1e10 (alpha = inf, no step).
+    restart = lambda lo, up: jnp.maximum(0.001 * up, jnp.sqrt(lo) * jnp.sqrt(up))
     alpha = jnp.where(~is_full_rank & (alpha == 0), restart(lower, upper), alpha)
 
     def body(carry):
         k, a, lo, up, done = carry
         a_in = jnp.where((a < lo) | (a > up), restart(lo, up), a)
-        phi, dphi = phi_and_derivative(a_in)
+        phi, ratio = phi_and_newton_step(a_in)
         up_new = jnp.where(phi < 0, a_in, up)
-        ratio = safe_div(phi, dphi)
         lo_new = jnp.maximum(lo, a_in - ratio)
         a_new = a_in - (phi + Delta) * ratio / Delta
         keep = lambda old, new: jnp.where(done, old, new)

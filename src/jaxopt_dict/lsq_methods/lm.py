@@ -33,6 +33,7 @@ from jaxopt_dict.lsq_methods._common import (
     init_from_step,
     resolvable,
     safe_div,
+    scaled_norm,
 )
 
 _FACTOR = 100.0  # MINPACK's initial step bound factor (scipy passes 100)
@@ -54,6 +55,11 @@ class LmState(NamedTuple):
     dirder: jax.Array
 
 
+def z_in_v(uf, s, nonsingular):
+    """The Gauss-Newton step ``D p`` in V's basis (its minimum-norm part)."""
+    return jnp.where(nonsingular, safe_div(uf, s), 0)
+
+
 def lmpar(factors: Factors, delta, par, m: int):
     """MINPACK's ``lmpar`` on an SVD: ``(par, z)`` with ``z = D p`` the solution of
     ``(A^T A + par I) z = -A^T f`` (``A = J D^-1``) such that ``||z||`` is within 10% of
@@ -63,17 +69,17 @@ def lmpar(factors: Factors, delta, par, m: int):
     eps = jnp.finfo(s.dtype).eps
     dwarf = jnp.finfo(s.dtype).tiny
     nonsingular = s > eps * max(m, n) * s[0]
-    z_gn = -V @ jnp.where(nonsingular, safe_div(uf, s), 0)
-    dxnorm = jnp.linalg.norm(z_gn)
+    z_gn = -V @ z_in_v(uf, s, nonsingular)
+    dxnorm = scaled_norm(z_in_v(uf, s, nonsingular))
     fp = dxnorm - delta
     gauss_newton = fp <= 0.1 * delta
     suf = s * uf
-    parl = jnp.where(
-        jnp.all(nonsingular),
-        safe_div(fp * dxnorm**2, delta * jnp.sum(jnp.where(nonsingular, safe_div(uf**2, s**4), 0))),
-        0.0,
-    )
-    gnorm = jnp.linalg.norm(suf)
+    # MINPACK's ((fp / delta) / temp) / temp: the Newton step's lower bound, from norms and
+    # never their squares (uf**2 / s**4 overflowed from |J| ~ 1e78 in float64, ~1e9 in
+    # float32, and the solve took no step).
+    ratio = safe_div(dxnorm, scaled_norm(safe_div(z_in_v(uf, s, nonsingular), s)))
+    parl = jnp.where(jnp.all(nonsingular), safe_div(fp, delta) * ratio * ratio, 0.0)
+    gnorm = scaled_norm(suf)
     paru = gnorm / delta
     paru = jnp.where(paru == 0, dwarf / jnp.minimum(delta, 0.1), paru)
     par = jnp.minimum(jnp.maximum(par, parl), paru)
@@ -83,11 +89,14 @@ def lmpar(factors: Factors, delta, par, m: int):
         k, par, parl, paru, fp, z, done = carry
         par_k = jnp.where(par == 0, jnp.maximum(dwarf, 0.001 * paru), par)
         denom = s**2 + par_k
-        z_k = -V @ (suf / denom)
-        dxnorm = jnp.linalg.norm(z_k)
+        q = suf / denom
+        z_k = -V @ q
+        dxnorm = scaled_norm(q)
         fp_k = dxnorm - delta
         exits = (jnp.abs(fp_k) <= 0.1 * delta) | (parl == 0) & (fp_k <= fp) & (fp < 0) | (k == 9)
-        parc = safe_div(fp_k * dxnorm**2, delta * jnp.sum(suf**2 / denom**3))
+        # fp_k dxnorm^2 / (delta sum(suf^2 / denom^3)), from norms (see parl above).
+        ratio = safe_div(dxnorm, scaled_norm(q / jnp.sqrt(denom)))
+        parc = safe_div(fp_k, delta) * ratio * ratio
         parl_k = jnp.where(fp_k > 0, jnp.maximum(parl, par_k), parl)
         paru_k = jnp.where(fp_k < 0, jnp.minimum(paru, par_k), paru)
         par_next = jnp.where(exits, par_k, jnp.maximum(parl_k, par_k + parc))
