@@ -119,3 +119,54 @@ def test_reductions_batch_and_compile_alike():
         np.testing.assert_array_equal(np.asarray(norms[i]), max_abs(row))
         want = sum(float(v[i].ravel() @ v[i].ravel()) for v in batch.values())
         np.testing.assert_allclose(float(sums[i]), want, rtol=1e-13)
+
+
+def branches(scale):
+    """Two branches of one output structure: scalars of three dtypes (one passed
+    through, one repeated), an array, nested containers."""
+    x = jnp.asarray(scale, jnp.float64)
+
+    def true_fun():
+        return {"a": x * 2.0, "b": (x, jnp.arange(3.0) * x), "k": jnp.int32(7), "p": x > 1}, x
+
+    def false_fun():
+        return {"a": x, "b": (x - 1.0, jnp.ones(3)), "k": jnp.int32(-1), "p": x < 1}, x + 1.0
+
+    return true_fun, false_fun
+
+
+@pytest.mark.parametrize("pred", [True, False])
+def test_cond_stacked_is_cond(pred):
+    """``cond_stacked`` returns what ``lax.cond`` returns, leaf for leaf (values, dtypes,
+    structure), eagerly, under ``jit``, under ``vmap`` (a batched predicate), and its
+    derivative is ``lax.cond``'s."""
+    true_fun, false_fun = branches(1.5)
+    want = jax.lax.cond(pred, true_fun, false_fun)
+    for got in (
+        _tree.cond_stacked(pred, true_fun, false_fun),
+        jax.jit(lambda p: _tree.cond_stacked(p, *branches(1.5)))(pred),
+    ):
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+    preds = jnp.array([True, False, pred])
+    scales = jnp.array([0.5, 1.5, 2.5])
+    both = jax.vmap(lambda p, s: _tree.cond_stacked(p, *branches(s)))(preds, scales)
+    for i in range(3):
+        alone = jax.lax.cond(bool(preds[i]), *branches(float(scales[i])))
+        for g, w in zip(jax.tree.leaves(both), jax.tree.leaves(alone)):
+            np.testing.assert_array_equal(np.asarray(g[i]), np.asarray(w))
+
+    def total(fn):
+        def f(s):
+            out, extra = fn(pred, *branches(s))
+            return out["a"] + out["b"][0] * 3.0 + jnp.sum(out["b"][1]) + extra
+
+        return f
+
+    np.testing.assert_allclose(
+        float(jax.grad(total(_tree.cond_stacked))(1.5)),
+        float(jax.grad(total(jax.lax.cond))(1.5)),
+    )
