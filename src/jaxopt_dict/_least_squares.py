@@ -736,9 +736,10 @@ def least_squares_batch(
     next problem, so throughput follows the mean evaluation count, not the max.
 
     Args:
-      fun, jac, method, bounds, loss, f_scale, x_scale, tol, options, ftol, xtol, gtol,
-        max_nfev: as for ``least_squares`` (bounds, f_scale and x_scale shared by all
-        problems; no disp, trace or callback).
+      fun, jac, method, bounds, loss, f_scale, x_scale, tol, options: as for
+        ``least_squares`` (bounds, f_scale and x_scale shared by all problems; no disp,
+        trace or callback).
+      ftol, xtol, gtol, max_nfev: as for ``least_squares``.
       x0: a pytree whose every leaf has a leading batch axis of the same length B.
       args: a tuple of pytrees; batched ones (``args_axes``) have the leading axis B.
       lanes: problems in flight at once (default on CPU ``B // 32`` clipped to [32, 64],
