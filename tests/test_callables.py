@@ -290,6 +290,45 @@ def test_plain_functions_are_kept_as_they_are():
     assert objective.fun is quad and solve_args is args and not objective.data_in_args
 
 
+def test_partials_around_partials_objects_and_subclasses():
+    """jax's Partial boxes a functools.partial func (or holds a bound method) in its
+    treedef, by identity: a change inside it hit the cached program. A subclass of
+    functools.partial with attributes of its own keeps them (review of the by-value key:
+    rebuilt from func, args and keywords alone, it lost ``shift``)."""
+    quad_at = lambda x, c: quad(x, jnp.full(3, c))
+
+    def solve(f):
+        return jd.minimize(f, jnp.zeros(3), method="L-BFGS", options=TIGHT).x
+
+    inner = functools.partial(quad_at, c=1.0)
+    boxed = jax.tree_util.Partial(inner)
+    np.testing.assert_allclose(solve(boxed), solution(np.full(3, 1.0)), rtol=1e-8)
+    inner.keywords["c"] = 5.0
+    np.testing.assert_allclose(solve(boxed), solution(np.full(3, 5.0)), rtol=1e-8)
+
+    class Target:
+        c = 1.0
+
+        def loss(self, x):
+            return quad_at(x, self.c)
+
+    target = Target()
+    bound = jax.tree_util.Partial(target.loss)
+    np.testing.assert_allclose(solve(bound), solution(np.full(3, 1.0)), rtol=1e-8)
+    target.c = -2.0
+    np.testing.assert_allclose(solve(bound), solution(np.full(3, -2.0)), rtol=1e-8)
+
+    class Shifted(functools.partial):
+        shift = 0.0
+
+        def __call__(self, x):
+            return super().__call__(x - self.shift)
+
+    shifted = Shifted(quad_at, c=1.0)
+    shifted.shift = 2.0
+    np.testing.assert_allclose(solve(shifted), solution(np.full(3, 1.0)) + 2.0, rtol=1e-8)
+
+
 @pytest.mark.parametrize("kind", [functools.partial, jax.tree_util.Partial])
 def test_a_partial_is_keyed_by_what_it_holds(kind):
     """A partial hashes by identity: kept whole, a change to what it holds (its keywords,

@@ -215,15 +215,11 @@ class _Splitter:
         within_limits = depth < _MAX_DEPTH and self.nodes < _MAX_NODES
         if within_limits and id(value) not in seen:
             node = self._split_parts(value, path, depth + 1, seen | {id(value)})
-        if (
-            node is not None
-            and not isinstance(node, _Object)  # (``_split_object`` decides for itself)
-            and self.by_value == n_by_value
-            and _hashed_by_identity(value)
-        ):
-            # A partial (functools' or jax's) hashes by identity, as a plain object does:
-            # kept whole, a change to what it holds (``p.keywords["c"] = 5.0``, a dict it
-            # holds updated in place) would hit the cache and return the old answer.
+        if isinstance(node, _Partial) and type(value) in _PARTIALS and self.by_value == n_by_value:
+            # A partial hashes by identity, as a plain object does: kept whole, a change
+            # to what it holds (``p.keywords["c"] = 5.0``, a dict it holds updated in
+            # place) would hit the cache and return the old answer. (A subclass may hold
+            # attributes of its own, which the rebuild would drop: kept as it was.)
             self.by_value += 1
         # An object hashed by identity is keyed by its attributes (``_split_object``),
         # arrays or not, and so is what holds one, unless some part cannot be hashed: then
@@ -248,7 +244,9 @@ class _Splitter:
             return None
         if isinstance(value, types.ModuleType):
             return None
-        tree = self._split_tree(value, path, depth, seen)
+        # jax's Partial is a pytree whose func sits in its treedef, compared by identity:
+        # split as functools' is, its func included.
+        tree = None if type(value) in _PARTIALS else self._split_tree(value, path, depth, seen)
         if tree is not None:
             return tree
         if isinstance(value, types.MethodType):
@@ -257,9 +255,17 @@ class _Splitter:
                 self.split(value.__self__, f"{path}.__self__", depth, seen),
             )
         if isinstance(value, functools.partial):
+            func = value.func
+            # jax's Partial boxes a functools.partial func in a shim that hashes it by
+            # identity; the partial itself is split (the rebuilt Partial boxes it again).
+            boxed = getattr(func, "fun", None)
+            if type(func).__name__ == "_HashableCallableShim" and isinstance(
+                boxed, functools.partial
+            ):
+                func = boxed
             return _Partial(
                 type(value),
-                self.split(value.func, f"{path}.func", depth, seen),
+                self.split(func, f"{path}.func", depth, seen),
                 tuple(
                     self.split(a, f"{path}.args[{i}]", depth, seen)
                     for i, a in enumerate(value.args)
@@ -332,6 +338,9 @@ class _Splitter:
         if len(self.data) == n_data:
             self.by_value += 1
         return _Object(type(value), tuple(names), tuple(children), template)
+
+
+_PARTIALS = (functools.partial, jax.tree_util.Partial)  # split and keyed by value
 
 
 def _hashed_by_identity(value: Any) -> bool:
