@@ -253,8 +253,9 @@ def solve_trust_region(
         q = safe_div(suf, denom)
         p_norm = scaled_norm(q)
         phi = p_norm - Delta
-        t = scaled_norm(safe_div(q, jnp.sqrt(denom)))
-        return phi, -safe_div(safe_div(phi, t) * p_norm, t)
+        # Normalized first (MINPACK's lmpar): t = ||q / sqrt(denom)|| / ||q||.
+        t = scaled_norm(safe_div(safe_div(q, p_norm), jnp.sqrt(denom)))
+        return phi, -safe_div(safe_div(safe_div(phi, p_norm), t), t)
 
     upper = scaled_norm(suf) / Delta  # (||suf||^2 overflowed in float32 from |J| ~ 1e9)
     _, newton0 = phi_and_newton_step(jnp.zeros_like(Delta))

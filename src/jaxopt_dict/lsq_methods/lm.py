@@ -77,8 +77,8 @@ def lmpar(factors: Factors, delta, par, m: int):
     # MINPACK's ((fp / delta) / temp) / temp: the Newton step's lower bound, from norms and
     # never their squares (uf**2 / s**4 overflowed from |J| ~ 1e78 in float64, ~1e9 in
     # float32, and the solve took no step).
-    ratio = safe_div(dxnorm, scaled_norm(safe_div(z_in_v(uf, s, nonsingular), s)))
-    parl = jnp.where(jnp.all(nonsingular), safe_div(fp, delta) * ratio * ratio, 0.0)
+    temp = scaled_norm(safe_div(safe_div(z_in_v(uf, s, nonsingular), dxnorm), s))
+    parl = jnp.where(jnp.all(nonsingular), safe_div(safe_div(safe_div(fp, delta), temp), temp), 0.0)
     gnorm = scaled_norm(suf)
     paru = gnorm / delta
     paru = jnp.where(paru == 0, dwarf / jnp.minimum(delta, 0.1), paru)
@@ -95,8 +95,8 @@ def lmpar(factors: Factors, delta, par, m: int):
         fp_k = dxnorm - delta
         exits = (jnp.abs(fp_k) <= 0.1 * delta) | (parl == 0) & (fp_k <= fp) & (fp < 0) | (k == 9)
         # fp_k dxnorm^2 / (delta sum(suf^2 / denom^3)), from norms (see parl above).
-        ratio = safe_div(dxnorm, scaled_norm(q / jnp.sqrt(denom)))
-        parc = safe_div(fp_k, delta) * ratio * ratio
+        temp = scaled_norm(safe_div(safe_div(q, dxnorm), jnp.sqrt(denom)))
+        parc = safe_div(safe_div(safe_div(fp_k, delta), temp), temp)
         parl_k = jnp.where(fp_k > 0, jnp.maximum(parl, par_k), parl)
         paru_k = jnp.where(fp_k < 0, jnp.minimum(paru, par_k), paru)
         par_next = jnp.where(exits, par_k, jnp.maximum(parl_k, par_k + parc))
