@@ -262,7 +262,8 @@ def cond_stacked(pred: jax.Array, true_fun, false_fun) -> PyTree:
     dtype, and the reads after the cond are slices that fuse into their consumers
     (L-BFGS-B's Wolfe cond: 16 kernels to 4 in the branch most trips take). Only for
     outputs read inside the trip: a slice that is itself a loop-carry output is a kernel
-    of its own, which costs back what the stacking saved.
+    of its own, which costs back what the stacking saved. (A weak-typed scalar stacked
+    with a strong one of its dtype comes out strong; values are the same.)
     """
     layout: list = []
 
