@@ -19,11 +19,11 @@ What is looked into (recursively, up to ``_MAX_DEPTH`` levels):
 
 Functions, lambdas and builtins are kept as they are (static, compared by identity), and so
 is any part that holds no array and hashes by value (a frozen dataclass, a tuple): it keys
-the cache as it is. An object that hashes by identity (a plain class, a ``functools.partial``)
-is keyed by its attributes (a partial: its func, args and keywords) even when it holds no
-array: kept whole, ``t.c = 5.0`` between two solves would hit the cache and return the old
-answer. (Only if one of its attributes cannot be hashed
-is it kept whole, by identity.) A part that cannot be hashed but whose content can (a
+the cache as it is. An object that hashes by identity (a plain class, a ``functools.partial``
+or jax's ``Partial``) is keyed by its attributes (a partial: its func, args and keywords)
+even when it holds no array: kept whole, ``t.c = 5.0`` between two solves would hit the
+cache and return the old answer. (Only if one of its attributes cannot be hashed is it
+kept whole, by identity; a subclass of ``functools.partial`` holding no array is too.) A part that cannot be hashed but whose content can (a
 numpy array of strings, a set, a bytearray, a deque) is keyed by its content. Arrays inside
 a function's closure are not seen (a closure is code, not data): pass them through ``args``
 or a partial.

@@ -69,15 +69,16 @@ def lmpar(factors: Factors, delta, par, m: int):
     eps = jnp.finfo(s.dtype).eps
     dwarf = jnp.finfo(s.dtype).tiny
     nonsingular = s > eps * max(m, n) * s[0]
-    z_gn = -V @ z_in_v(uf, s, nonsingular)
-    dxnorm = scaled_norm(z_in_v(uf, s, nonsingular))
+    v = z_in_v(uf, s, nonsingular)
+    z_gn = -V @ v
+    dxnorm = scaled_norm(v)
     fp = dxnorm - delta
     gauss_newton = fp <= 0.1 * delta
     suf = s * uf
     # MINPACK's ((fp / delta) / temp) / temp: the Newton step's lower bound, from norms and
     # never their squares (uf**2 / s**4 overflowed from |J| ~ 1e78 in float64, ~1e9 in
     # float32, and the solve took no step).
-    temp = scaled_norm(safe_div(safe_div(z_in_v(uf, s, nonsingular), dxnorm), s))
+    temp = scaled_norm(safe_div(safe_div(v, dxnorm), s))
     parl = jnp.where(jnp.all(nonsingular), safe_div(safe_div(safe_div(fp, delta), temp), temp), 0.0)
     gnorm = scaled_norm(suf)
     paru = gnorm / delta
