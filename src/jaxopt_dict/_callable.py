@@ -23,8 +23,8 @@ the cache as it is. An object that hashes by identity (a plain class, a ``functo
 or jax's ``Partial``) is keyed by its attributes (a partial: its func, args and keywords)
 even when it holds no array: kept whole, ``t.c = 5.0`` between two solves would hit the
 cache and return the old answer. (Only if one of its attributes cannot be hashed is it
-kept whole, by identity; a subclass of ``functools.partial`` holding no array is too.) A part that cannot be hashed but whose content can (a
-numpy array of strings, a set, a bytearray, a deque) is keyed by its content. Arrays inside
+kept whole, by identity; a subclass of ``functools.partial`` holding no array is too.) A
+part that cannot be hashed but whose content can (a numpy array of strings, a set, a bytearray, a deque) is keyed by its content. Arrays inside
 a function's closure are not seen (a closure is code, not data): pass them through ``args``
 or a partial.
 """
@@ -215,12 +215,6 @@ class _Splitter:
         within_limits = depth < _MAX_DEPTH and self.nodes < _MAX_NODES
         if within_limits and id(value) not in seen:
             node = self._split_parts(value, path, depth + 1, seen | {id(value)})
-        if isinstance(node, _Partial) and type(value) in _PARTIALS and self.by_value == n_by_value:
-            # A partial hashes by identity, as a plain object does: kept whole, a change
-            # to what it holds (``p.keywords["c"] = 5.0``, a dict it holds updated in
-            # place) would hit the cache and return the old answer. (A subclass may hold
-            # attributes of its own, which the rebuild would drop: kept as it was.)
-            self.by_value += 1
         # An object hashed by identity is keyed by its attributes (``_split_object``),
         # arrays or not, and so is what holds one, unless some part cannot be hashed: then
         # by identity, as it hashes.
@@ -263,7 +257,7 @@ class _Splitter:
                 boxed, functools.partial
             ):
                 func = boxed
-            return _Partial(
+            node = _Partial(
                 type(value),
                 self.split(func, f"{path}.func", depth, seen),
                 tuple(
@@ -275,6 +269,14 @@ class _Splitter:
                     for k, v in value.keywords.items()
                 ),
             )
+            if type(value) in _PARTIALS:
+                # A partial hashes by identity, as a plain object does: kept whole, a
+                # change to what it holds (``p.keywords["c"] = 5.0``, a dict it holds
+                # updated in place) would hit the cache and return the old answer. (A
+                # subclass may hold attributes of its own, which the rebuild would drop:
+                # kept whole as before, unless it holds arrays.)
+                self.by_value += 1
+            return node
         if type(value).__module__.split(".")[0] in ("jax", "jaxlib"):
             return None  # jax's own wrappers (jit, custom_jvp): their attributes are internals
         return self._split_object(value, path, depth, seen)

@@ -458,13 +458,8 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
             "Pass it through args there.",
         )
         return fn
-    try:
-        converted, consts = jax.closure_convert(fn, x0, *args)
-    except Exception:  # noqa: BLE001 (``Objective.check`` reports a broken fn clearly)
-        return fn
-    if not any(_may_be_differentiated(c) for c in consts):
-        return fn
-    return ClosureConverted(converted, tuple(consts))
+    found = _closure_holding(fn, (x0, *args), _may_be_differentiated)
+    return fn if found is None else ClosureConverted(*found)
 
 
 def _may_be_differentiated(value: Any) -> bool:
@@ -482,19 +477,26 @@ def _may_be_differentiated(value: Any) -> bool:
     return False
 
 
-def _closure_with_derivative(fn: Any, example_args: tuple) -> tuple[Callable, tuple] | None:
-    """``jax.closure_convert(fn, *example_args)`` as ``(converted, consts)`` where a const
-    is a derivative's tracer (a jvp or grad being taken now); ``None`` where none is, or
-    where ``fn`` cannot be traced (the front door's checks then say why). What
-    ``refuse_differentiated_closure`` refuses; ``fun``'s own closure is hoisted more widely
-    (``_closure_converted``)."""
+def _closure_holding(
+    fn: Any, example_args: tuple, wanted: Callable[[Any], bool]
+) -> tuple[Callable, tuple] | None:
+    """``jax.closure_convert(fn, *example_args)`` as ``(converted, consts)`` where some
+    const is ``wanted``; ``None`` where none is, or where ``fn`` cannot be traced (the
+    front door's checks then say why)."""
     try:
         converted, consts = jax.closure_convert(fn, *example_args)
     except Exception:  # noqa: BLE001 (``Objective.check`` reports a broken fn clearly)
         return None
-    if not any(type(c).__name__ in _DERIVATIVE_TRACERS for c in consts):
+    if not any(wanted(c) for c in consts):
         return None
     return converted, tuple(consts)
+
+
+def _is_derivative_tracer(value: Any) -> bool:
+    """A derivative's own tracer (a jvp or grad being taken now): what
+    ``refuse_differentiated_closure`` refuses; ``fun``'s own closure is hoisted more widely
+    (``_may_be_differentiated``)."""
+    return type(value).__name__ in _DERIVATIVE_TRACERS
 
 
 def refuse_differentiated_closure(fn: Any, name: str, example_args: tuple, fix: str) -> None:
@@ -507,7 +509,8 @@ def refuse_differentiated_closure(fn: Any, name: str, example_args: tuple, fix: 
       ValueError: such a value is in ``fn``'s closure (transitively); ``fix`` says what to
         do instead.
     """
-    if inside_transformation() and _closure_with_derivative(fn, example_args) is not None:
+    found = inside_transformation() and _closure_holding(fn, example_args, _is_derivative_tracer)
+    if found:
         raise ValueError(
             f"{name} closes over a value that a derivative of your code is taken in (a "
             "jax.grad or jvp variable): the solve's implicit derivative cannot see it, and "

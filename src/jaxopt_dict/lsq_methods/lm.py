@@ -55,11 +55,6 @@ class LmState(NamedTuple):
     dirder: jax.Array
 
 
-def z_in_v(uf, s, nonsingular):
-    """The Gauss-Newton step ``D p`` in V's basis (its minimum-norm part)."""
-    return jnp.where(nonsingular, safe_div(uf, s), 0)
-
-
 def lmpar(factors: Factors, delta, par, m: int):
     """MINPACK's ``lmpar`` on an SVD: ``(par, z)`` with ``z = D p`` the solution of
     ``(A^T A + par I) z = -A^T f`` (``A = J D^-1``) such that ``||z||`` is within 10% of
@@ -69,7 +64,7 @@ def lmpar(factors: Factors, delta, par, m: int):
     eps = jnp.finfo(s.dtype).eps
     dwarf = jnp.finfo(s.dtype).tiny
     nonsingular = s > eps * max(m, n) * s[0]
-    v = z_in_v(uf, s, nonsingular)
+    v = jnp.where(nonsingular, safe_div(uf, s), 0)  # the Gauss-Newton D p in V's basis
     z_gn = -V @ v
     dxnorm = scaled_norm(v)
     fp = dxnorm - delta
