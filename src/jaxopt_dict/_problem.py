@@ -429,14 +429,24 @@ _DERIVATIVE_TRACERS = frozenset({"JVPTracer", "LinearizeTracer"})
 class ClosureConverted:
     """``fun`` whose closure held traced values (``jax.closure_convert``): the converted
     function, and those values as an attribute. The arrays a callable holds are data
-    (``_callable``), so derivatives in them are implicit, as for ``args``."""
+    (``_callable``), so derivatives in them are implicit, as for ``args``.
 
-    def __init__(self, fun: Callable[..., Any], consts: tuple) -> None:
+    Inside ``shard_map`` (``vary``) the converted function is typed by its example
+    inputs, varying axes included, and the solve calls it with others (a replicated x0,
+    the loop's varying carry): its inputs are made varying over every manual axis, as
+    the example's were. That is a change of type only; JAX casts a replicated value the
+    same way where it meets a varying one."""
+
+    def __init__(self, fun: Callable[..., Any], consts: tuple, vary: bool = False) -> None:
         self.fun = fun
         self.consts = consts
+        self.vary = vary
 
     def __call__(self, x: PyTree, *args: Any) -> Any:
-        return self.fun(x, *args, *self.consts)
+        inputs = (x, *args, *self.consts)
+        if self.vary:
+            inputs = vary_over_manual_axes(inputs)
+        return self.fun(*inputs)
 
 
 def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
@@ -448,18 +458,10 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
     constant handler for type JVPTracer". ``jax.closure_convert`` hoists them (values
     of the transformations the solve is traced under, where one may be differentiated:
     ``_may_be_differentiated``)."""
-    if in_manual_mesh():
-        # Inside shard_map the converted function's types would carry the varying mesh
-        # axes of the example x, and the solve calls fun with others: refused instead.
-        refuse_differentiated_closure(
-            fn,
-            "fun, inside shard_map,",
-            (vary_over_manual_axes(x0), *args),
-            "Pass it through args there.",
-        )
-        return fn
-    found = _closure_holding(fn, (x0, *args), _may_be_differentiated)
-    return fn if found is None else ClosureConverted(*found)
+    vary = in_manual_mesh()
+    example = vary_over_manual_axes((x0, *args)) if vary else (x0, *args)
+    found = _closure_holding(fn, example, _may_be_differentiated)
+    return fn if found is None else ClosureConverted(*found, vary=vary)
 
 
 def _may_be_differentiated(value: Any) -> bool:
