@@ -293,8 +293,8 @@ def test_plain_functions_are_kept_as_they_are():
 def test_partials_around_partials_objects_and_subclasses():
     """jax's Partial boxes a functools.partial func (or holds a bound method) in its
     treedef, by identity: a change inside it hit the cached program. A subclass of
-    functools.partial with attributes of its own keeps them (review of the by-value key:
-    rebuilt from func, args and keywords alone, it lost ``shift``)."""
+    functools.partial with attributes of its own (``__dict__`` or ``__slots__``) keeps
+    them and is keyed by them, and one with its own ``__new__`` is rebuilt too."""
     quad_at = lambda x, c: quad(x, jnp.full(3, c))
 
     def solve(f):
@@ -327,6 +327,34 @@ def test_partials_around_partials_objects_and_subclasses():
     shifted = Shifted(quad_at, c=1.0)
     shifted.shift = 2.0
     np.testing.assert_allclose(solve(shifted), solution(np.full(3, 1.0)) + 2.0, rtol=1e-8)
+    # Its attribute changed, and beside an array keyword: a subclass was kept whole by
+    # identity (the old shift's program, with success) or rebuilt without its attributes
+    # (shift 0).
+    shifted.shift = -1.0
+    np.testing.assert_allclose(solve(shifted), solution(np.full(3, 1.0)) - 1.0, rtol=1e-8)
+    holding = Shifted(quad, b=jnp.full(3, 1.0))
+    holding.shift = 2.0
+    np.testing.assert_allclose(solve(holding), solution(np.full(3, 1.0)) + 2.0, rtol=1e-8)
+
+    class Slotted(functools.partial):
+        __slots__ = ("shift",)
+
+        def __call__(self, x):
+            return super().__call__(x - self.shift)
+
+    slotted = Slotted(quad, b=jnp.full(3, 1.0))
+    slotted.shift = 2.0
+    np.testing.assert_allclose(solve(slotted), solution(np.full(3, 1.0)) + 2.0, rtol=1e-8)
+    slotted.shift = 3.0
+    np.testing.assert_allclose(solve(slotted), solution(np.full(3, 1.0)) + 3.0, rtol=1e-8)
+
+    class Centred(functools.partial):  # its own constructor: rebuilt as functools builds it
+        def __new__(cls, centre):
+            return super().__new__(cls, quad, b=centre)
+
+    np.testing.assert_allclose(
+        solve(Centred(jnp.full(3, 4.0))), solution(np.full(3, 4.0)), rtol=1e-8
+    )
 
 
 @pytest.mark.parametrize("kind", [functools.partial, jax.tree_util.Partial])

@@ -23,7 +23,7 @@ the cache as it is. An object that hashes by identity (a plain class, a ``functo
 or jax's ``Partial``) is keyed by its attributes (a partial: its func, args and keywords)
 even when it holds no array: kept whole, ``t.c = 5.0`` between two solves would hit the
 cache and return the old answer. (Only if one of its attributes cannot be hashed is it
-kept whole, by identity; a subclass of ``functools.partial`` holding no array is too.) A
+kept whole, by identity.) A
 part that cannot be hashed but whose content can (a numpy array of strings, a set, a bytearray, a deque) is keyed by its content. Arrays inside
 a function's closure are not seen (a closure is code, not data): pass them through ``args``
 or a partial.
@@ -168,12 +168,14 @@ class _Method:
 
 @dataclasses.dataclass(frozen=True)
 class _Partial:
-    """A ``functools.partial`` (or subclass): ``cls(func, *args, **keywords)``."""
+    """A ``functools.partial`` (or subclass): ``cls(func, *args, **keywords)``, with the
+    instance's own attributes set (a subclass's ``self.shift``)."""
 
     cls: type
     func: Any
     args: tuple
     keywords: tuple  # ((name, node), ...)
+    attributes: tuple = ()  # ((name, node), ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +259,9 @@ class _Splitter:
                 boxed, functools.partial
             ):
                 func = boxed
+            attributes = [
+                (k, v) for k, v in _attributes(value) or () if k not in ("func", "args", "keywords")
+            ]
             node = _Partial(
                 type(value),
                 self.split(func, f"{path}.func", depth, seen),
@@ -268,14 +273,13 @@ class _Splitter:
                     (k, self.split(v, f"{path}.keywords[{k!r}]", depth, seen))
                     for k, v in value.keywords.items()
                 ),
+                tuple((k, self.split(v, f"{path}.{k}", depth, seen)) for k, v in attributes),
             )
-            if type(value) in _PARTIALS:
-                # A partial hashes by identity, as a plain object does: kept whole, a
-                # change to what it holds (``p.keywords["c"] = 5.0``, a dict it holds
-                # updated in place) would hit the cache and return the old answer. (A
-                # subclass may hold attributes of its own, which the rebuild would drop:
-                # kept whole as before, unless it holds arrays.)
-                self.by_value += 1
+            # A partial hashes by identity, as a plain object does: kept whole, a change
+            # to what it holds (``p.keywords["c"] = 5.0``, a dict it holds updated in
+            # place, a subclass's ``p.shift = 2.0``) would hit the cache and return the
+            # old answer.
+            self.by_value += 1
             return node
         if type(value).__module__.split(".")[0] in ("jax", "jaxlib"):
             return None  # jax's own wrappers (jit, custom_jvp): their attributes are internals
@@ -390,7 +394,16 @@ def _rebuild_node(node: Any, leaves: Any) -> Any:
         func = _rebuild_node(node.func, leaves)
         args = [_rebuild_node(a, leaves) for a in node.args]
         keywords = {k: _rebuild_node(v, leaves) for k, v in node.keywords}
-        return node.cls(func, *args, **keywords)
+        # jax's Partial boxes its func in its own constructor; a subclass of functools'
+        # is built as functools builds it (its own ``__new__``/``__init__`` may take
+        # other arguments), then given its attributes back.
+        if node.cls in _PARTIALS:
+            obj = node.cls(func, *args, **keywords)
+        else:
+            obj = functools.partial.__new__(node.cls, func, *args, **keywords)
+        for name, child in node.attributes:
+            object.__setattr__(obj, name, _rebuild_node(child, leaves))
+        return obj
     obj = copy.copy(node.template)
     for name, child in zip(node.names, node.children):
         object.__setattr__(obj, name, _rebuild_node(child, leaves))
