@@ -205,6 +205,40 @@ def test_traced_bounds_keep_working():
     np.testing.assert_allclose(pairs, [3.0, -2.5], atol=1e-8)
 
 
+@pytest.mark.parametrize("solver", ["L-BFGS-B", "GD", "trf"])
+def test_float32_points_stay_inside_a_float64_box(solver):
+    """SPEC section 2: every evaluated point lies inside the box. A float32 x0 with bounds
+    float32 cannot hold (0.1, 0.3, -0.7) rounded them to nearest: the solve sat on
+    float32(0.1) = 0.10000000149, above the user's 0.1. Rounded inward now; equal bounds
+    with no float32 between them stay at the nearest (trf takes no equal bounds)."""
+    fixed = solver != "trf"
+    lower = np.array([-0.7, -1.0, 0.1 if fixed else -0.1, 0.2])
+    upper = np.array([0.1, 0.3, 0.1, 0.5])
+    seen = []
+
+    def record(x):
+        jax.debug.callback(lambda v: seen.append(np.asarray(v, np.float64)), x)
+        return x
+
+    x0 = jnp.zeros(4, jnp.float32)
+    target = jnp.asarray([1.0, 1.0, 1.0, -1.0], jnp.float32)
+    if solver == "trf":
+        res = jd.least_squares(lambda x: record(x) - target, x0, bounds=(lower, upper))
+    else:
+        fun = lambda x: jnp.sum((record(x) - target) ** 2)
+        res = jd.minimize(fun, x0, method=solver, bounds=(lower, upper))
+    points = np.array(seen)
+    assert len(points) > 1 and res.x.dtype == jnp.float32
+    box = [0, 1, 3] if fixed else [0, 1, 2, 3]
+    assert (points[:, box] >= lower[box]).all() and (points[:, box] <= upper[box]).all()
+    if fixed:
+        np.testing.assert_array_equal(points[:, 2], np.float32(0.1))  # none in [0.1, 0.1]
+        # On the bounds: the largest float32 below 0.1 and 0.3, float32(0.2) (above 0.2).
+        below = lambda v: np.nextafter(np.float32(v), np.float32(0))
+        on_bounds = [below(0.1), below(0.3), np.float32(0.1), np.float32(0.2)]
+        np.testing.assert_array_equal(res.x, on_bounds)
+
+
 @pytest.mark.parametrize("method", ["L-BFGS-B", "GD", "Adam"])
 def test_a_traced_empty_box_ends_at_x0_without_success(method):
     # Traced bounds cannot be checked at the front door. Before: lower = 2 > upper = 0

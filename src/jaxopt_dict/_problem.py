@@ -89,14 +89,37 @@ def canonicalize_x0(x0: PyTree) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _bound_side(side: Any, x0: PyTree, name: str, fill: float) -> PyTree:
-    """One side of ``bounds`` as a pytree with x0's structure, shapes and dtypes."""
+_ROUNDED_INWARD = (np.float16, np.float32, np.float64)  # dtypes numpy steps by one ulp
+
+
+def _cast_bound(value: Any, dtype: Any, toward: float | None) -> jax.Array:
+    """A bound in x's dtype; with ``toward`` (+inf for a lower bound, -inf for an upper),
+    a concrete bound that the cast would move outside the user's box (``upper=0.1`` in
+    float32 rounds to 0.10000000149) is moved one ulp back inside it. Traced bounds are
+    rounded to nearest."""
+    if toward is None or isinstance(value, jax.core.Tracer) or dtype not in _ROUNDED_INWARD:
+        return jnp.asarray(value, dtype)
+    wide = np.asarray(value)
+    if wide.dtype.kind not in "iuf" or wide.dtype == dtype:
+        return jnp.asarray(value, dtype)
+    narrow = wide.astype(dtype)
+    outside = narrow < wide if toward > 0 else narrow > wide  # compared in the wider type
+    return jnp.asarray(np.where(outside, np.nextafter(narrow, dtype.type(toward)), narrow))
+
+
+def _bound_side(
+    side: Any, x0: PyTree, name: str, fill: float, toward: float | None = None
+) -> PyTree:
+    """One side of ``bounds`` as a pytree with x0's structure, shapes and dtypes (rounded
+    toward ``toward`` where a cast to x's dtype is inexact: ``_cast_bound``)."""
     if side is None:
         return jax.tree.map(lambda x: jnp.full(x.shape, fill, x.dtype), x0)
     if isinstance(side, (int, float, np.number)) or (
         isinstance(side, (np.ndarray, jax.Array)) and side.ndim == 0
     ):
-        return jax.tree.map(lambda x: jnp.full(x.shape, side, x.dtype), x0)
+        return jax.tree.map(
+            lambda x: jnp.broadcast_to(_cast_bound(side, x.dtype, toward), x.shape), x0
+        )
     x_paths, x_def = jax.tree_util.tree_flatten_with_path(x0)
     b_paths, b_def = jax.tree_util.tree_flatten_with_path(side, is_leaf=lambda v: v is None)
     if b_def != x_def:
@@ -126,7 +149,7 @@ def _bound_side(side: Any, x0: PyTree, name: str, fill: float) -> PyTree:
                 f"bounds {name}{_path(path)} has shape {np.shape(b)}, which does not "
                 f"broadcast to x0{_path(path)}'s shape {x.shape}."
             )
-        out.append(jnp.broadcast_to(jnp.asarray(b, dtype=x.dtype), x.shape))
+        out.append(jnp.broadcast_to(_cast_bound(b, x.dtype, toward), x.shape))
     return jax.tree_util.tree_unflatten(x_def, out)
 
 
@@ -258,7 +281,28 @@ def canonicalize_bounds(bounds: Any, x0: PyTree) -> Box | None:
         if (lo > hi).any():
             raise ValueError(f"bounds{_path(path)}: lower > upper at some entries.")
         unbounded = unbounded and bool((lo == -np.inf).all() and (hi == np.inf).all())
-    return None if unbounded else box
+    if unbounded:
+        return None
+    # Every point evaluated lies inside the user's box, also where x's dtype cannot hold a
+    # bound exactly: rounded inward, unless no point of that dtype lies between the two
+    # (equal bounds at 0.1 in float32: then nearest, as checked above).
+    with jax.ensure_compile_time_eval():
+        inward = Box(
+            _bound_side(lower, x0, "lower", -jnp.inf, toward=np.inf),
+            _bound_side(upper, x0, "upper", jnp.inf, toward=-np.inf),
+        )
+
+        def keep_inside(which: int) -> PyTree:
+            def one(lo_in, hi_in, lo, hi):
+                if isinstance(lo_in, jax.core.Tracer) or isinstance(hi_in, jax.core.Tracer):
+                    return (lo, hi)[which]
+                crossed = np.asarray(lo_in) > np.asarray(hi_in)
+                chosen = (lo, hi)[which], (lo_in, hi_in)[which]
+                return jnp.asarray(np.where(crossed, *chosen))
+
+            return jax.tree.map(one, inward.lower, inward.upper, box.lower, box.upper)
+
+        return Box(keep_inside(0), keep_inside(1))
 
 
 def _abstract(tree: PyTree) -> PyTree:
