@@ -104,7 +104,7 @@ def _cast_bound(value: Any, dtype: Any, toward: float | None) -> jax.Array:
         return jnp.asarray(value, dtype)
     narrow = wide.astype(dtype)
     outside = narrow < wide if toward > 0 else narrow > wide  # compared in the wider type
-    return jnp.asarray(np.where(outside, np.nextafter(narrow, dtype.type(toward)), narrow))
+    return jnp.asarray(np.where(outside, np.nextafter(narrow, narrow.dtype.type(toward)), narrow))
 
 
 def _bound_side(
