@@ -1,14 +1,15 @@
 """Our solves at the working tree beside the same solves at another git revision, in one
 process: the A/B measurement a change to the program's size or speed needs.
 
-    python benchmarks/ab_revision.py [--base REV] [--cases single,box,vmap] [--sizes 2,10,100]
+    python benchmarks/ab_revision.py [--base REV] [--cases single,box,vmap,vmapbox] [--sizes 2,10,100]
                                      [--repeats 30] [--compiles 3] [--out FILE]
 
 The base revision's ``src/jaxopt_dict`` is exported (``git archive``) into a temporary
 folder as a package of another name, ``jaxopt_dict_base``, so both import side by side.
 For each case (L-BFGS-B on Rosenbrock from (-1.2, 1, ...): ``single`` unbounded, ``box``
 in [-2, 0.8], both at each ``--sizes`` n; ``vmap``: ``jax.vmap(minimize)`` with the
-default method over 1,000 and 10,000 2-D Rosenbrocks from uniform starts in [-2, 2]^2),
+default method over 200 (plain batching), 1,000 and 10,000 (the queue) 2-D Rosenbrocks
+from uniform starts in [-2, 2]^2; ``vmapbox``: 200 10-D ones in that box),
 it reports, new beside base: kernels per trip of the main loop and fusions
 (``program_size.Program``, our compile options), compile time (median of ``--compiles``
 fresh compiles, the two alternating), steady time (median, the two timed round-robin),
@@ -86,10 +87,15 @@ def cases(kinds: list[str], sizes: list[int]):
             out.append((f"box n={n}", lambda jd, box=box: lambda x: jd.minimize(
                 rosenbrock, x, method="L-BFGS-B", bounds=box, options={"gtol": 1e-5}), x0))  # fmt: skip
     if "vmap" in kinds:
-        for batch in (1000, 10000):
+        for batch in (200, 1000, 10000):  # 200: plain batching; above 256, the queue
             starts = jax.random.uniform(jax.random.PRNGKey(0), (batch, 2), jnp.float64, -2, 2)
             out.append((f"vmap 2-D B={batch}", lambda jd: jax.vmap(lambda x: jd.minimize(
                 rosenbrock, x, options={"gtol": 1e-5})), starts))  # fmt: skip
+    if "vmapbox" in kinds:
+        starts = jax.random.uniform(jax.random.PRNGKey(0), (200, 10), jnp.float64, -2, 0.8)
+        out.append(("vmap box 10-D B=200", lambda jd: jax.vmap(lambda x: jd.minimize(
+            rosenbrock, x, method="L-BFGS-B", bounds=(-2.0, 0.8), options={"gtol": 1e-5})),
+            starts))  # fmt: skip
     return out
 
 

@@ -42,7 +42,13 @@ from jaxopt_dict._method import Box, Method
 from jaxopt_dict._problem import Objective
 from jaxopt_dict._progress import Bar
 from jaxopt_dict._result import RUNNING, OptimizeResult
-from jaxopt_dict._tree import in_manual_mesh, manual_axes, project_start, vary_over_manual_axes
+from jaxopt_dict._tree import (
+    in_manual_mesh,
+    manual_axes,
+    project_start,
+    tracing_batched_solve,
+    vary_over_manual_axes,
+)
 
 PyTree = Any
 
@@ -167,7 +173,15 @@ def _vmap_rule(
         and not reports
         and (jax.device_count() == 1 or in_manual_mesh())
     )
-    if not queue:
+    if not queue and queue_ok and not any(jax.tree.leaves(consts_batched)) and not reports:
+        # The solve traced again, batched, so that a method knows it is
+        # (``_tree.is_batched``) and selects where a single solve skips work in a cond
+        # (under vmap a cond runs both branches, and the interpolation alone suffices).
+        in_axes = jax.tree.map(lambda batched: 0 if batched else None, in_batched[1])
+        single = functools.partial(_run, static, unrolled_trips=None)
+        with tracing_batched_solve():
+            out = jax.vmap(single, in_axes=tuple(in_axes))(*inputs)
+    elif not queue:
         in_axes = jax.tree.map(lambda batched: 0 if batched else None, in_batched)
         out = jax.vmap(replay, in_axes=tuple(in_axes))(consts, inputs)
     else:

@@ -5,8 +5,10 @@ mixing dtypes (``promoted``, ``ravel``) under ``jax.numpy_dtype_promotion("stric
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -289,6 +291,54 @@ def cond_stacked(pred: jax.Array, true_fun, false_fun) -> PyTree:
     arrays_left = iter(arrays)
     out = [next(arrays_left) if leaf is None else leaf for leaf in out]
     return treedef.unflatten(out)
+
+
+_WRAPPED = {"BatchTracer": "val", "JVPTracer": "primal", "LinearizeTracer": "primal"}
+_BATCHED_SOLVE = contextvars.ContextVar("jaxopt_dict_batched_solve", default=False)
+
+
+@contextlib.contextmanager
+def tracing_batched_solve() -> Iterator[None]:
+    """Within: a solve is being traced for ``jax.vmap`` (``is_batched`` says so), although
+    ``while_loop`` traces its body per problem, with no vmap's tracer in sight."""
+    token = _BATCHED_SOLVE.set(True)
+    try:
+        yield
+    finally:
+        _BATCHED_SOLVE.reset(token)
+
+
+def is_batched(tree: PyTree) -> bool:
+    """Whether the code is traced for many problems at once: inside
+    ``tracing_batched_solve``, or a leaf of ``tree`` is (or a derivative's tracer wraps) a
+    vmap's tracer (the queue's per-lane step). Under ``vmap`` a ``lax.cond`` on a
+    per-problem predicate runs both branches and selects, so a method that saves work
+    with a cond in a single solve selects outright there. (Tracers named, as JAX offers
+    no public test; a renamed one reads as not batched: the cond, correct but slower.)"""
+    if _BATCHED_SOLVE.get():
+        return True
+    for leaf in jax.tree.leaves(tree):
+        while isinstance(leaf, jax.core.Tracer):
+            inner = _WRAPPED.get(type(leaf).__name__)
+            if inner == "val":
+                return True
+            leaf = None if inner is None else getattr(leaf, inner, None)
+    return False
+
+
+def cond_or_select(
+    pred: jax.Array, true_fun, false_fun, batched: bool, stacked: bool = True
+) -> PyTree:
+    """``jax.lax.cond(pred, true_fun, false_fun)`` in a single solve (``cond_stacked``
+    where ``stacked``: for outputs read within the trip); both branches and a select where
+    the predicate is per problem (``batched``: ``is_batched``), or inside ``shard_map``
+    (its varying-axes check refuses branches that return constants)."""
+    if batched or in_manual_mesh():
+        both = vary_over_manual_axes((true_fun(), false_fun()))
+        return jax.tree.map(lambda a, b: jnp.where(pred, a, b), *both)
+    if stacked:
+        return cond_stacked(pred, true_fun, false_fun)
+    return jax.lax.cond(pred, true_fun, false_fun)
 
 
 def manual_axes() -> tuple:

@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_dict._method import Box
-from jaxopt_dict._tree import dots, safe_divide, safe_sqrt
+from jaxopt_dict._tree import cond_stacked, dots, in_manual_mesh, safe_divide, safe_sqrt
 from jaxopt_dict._tree import ravel as ravel_pytree
 from jaxopt_dict.methods.lbfgs.more_thuente import (
     MoreThuente,
     WolfeTask,
+    more_thuente_advance,
     more_thuente_start,
     more_thuente_step,
 )
@@ -134,6 +135,36 @@ def pair_kept(gd, gd0, stp, dtype):
     ``s^T y > eps * (-g^T s)`` (``lnsrlb``/``matupd``)."""
     sy = (gd - gd0) * stp
     return sy, sy > jnp.finfo(dtype).eps * (-gd0 * stp)
+
+
+def search_outcome(state: SearchState, fe, gd, trials, maxls: int, batched: bool):
+    """The search's verdict on the trial just evaluated (value ``fe``, slope ``gd``):
+    ``(search, stp, sy, done, failed, keep)``, with scipy's pair test (``pair_kept``).
+
+    Most trials satisfy both strong-Wolfe conditions at once (dcsrch's first test), and a
+    single solve then skips the interpolation in a cond (``cond_stacked``). The cond also
+    has XLA compute these scalars once instead of copying their chain into every fusion
+    that reads one. Under ``vmap`` (``batched``) or inside ``shard_map`` a cond would run
+    both branches: the interpolation alone gives the same verdict (dcsrch tests the
+    Wolfe conditions first) and is what runs there."""
+    s0, dtype = state.search, state.x.dtype
+    wolfe = (fe <= s0.finit + more_thuente_step(s0) * s0.gtest) & (
+        jnp.abs(gd) <= WOLFE_GTOL * -s0.ginit
+    )
+
+    def outcome(interpolate: bool):
+        stp = more_thuente_step(s0)
+        if interpolate:
+            search, task = more_thuente_advance(s0, fe, gd, gtol=WOLFE_GTOL)
+        else:
+            search, task = s0, jnp.asarray(WolfeTask.CONVERGED, jnp.int32)
+        done, search_failed = search_ended(task, trials, maxls)
+        sy, keep = pair_kept(gd, state.gd0, stp, dtype)
+        return search, stp, sy, done, search_failed, done & keep
+
+    if batched or in_manual_mesh():  # a cond would run both: interpolate, as dcsrch does
+        return outcome(True)
+    return cond_stacked(wolfe, lambda: outcome(False), lambda: outcome(True))
 
 
 def next_iterate(state: SearchState, xe, fe, ge, done, first):

@@ -26,21 +26,16 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxopt_dict._method import StepOutcome, Stepper
-from jaxopt_dict._tree import all_finite, safe_divide, vdot
+from jaxopt_dict._tree import all_finite, cond_or_select, is_batched, safe_divide, vdot
 from jaxopt_dict._tree import ravel as ravel_pytree
-from jaxopt_dict.methods.lbfgs.more_thuente import (
-    more_thuente_advance,
-    more_thuente_step,
-)
 from jaxopt_dict.methods.lbfgs.search import (
-    WOLFE_GTOL,
     SearchState,
     gives_up,
     next_iterate,
-    pair_kept,
-    search_ended,
+    search_outcome,
     start_search,
     trial_point,
 )
@@ -154,43 +149,53 @@ def two_loop_stepper(maxcor: int, maxls: int) -> Stepper:
         fe = jnp.asarray(ev.f, dtype)
         gd = vdot(ge, state.d)
         trials = state.trials + 1
-        s0 = state.search
-        stp = more_thuente_step(s0)
-        search, task = more_thuente_advance(s0, fe, gd, gtol=WOLFE_GTOL)
-        ended, search_failed = search_ended(task, trials, maxls)
+        batched = is_batched(ev.x)
+        search, stp, sy, done, search_failed, push = search_outcome(
+            state, fe, gd, trials, maxls, batched
+        )
         # On the first trip the evaluation is x0's: it is taken as a finished search
         # with nothing to store, and the restart below makes init's state from it.
-        done = ended | first
+        done = done | first
         search_failed = search_failed & ~first
+        push = push & ~first
         restart = done | search_failed
-        sy, keep = pair_kept(gd, state.gd0, stp, dtype)
-        push = done & ~first & keep
         y = ge - state.g
         yy = vdot(y, y)
-        # (No ``materialize`` of these scalars: the recursion's scans read them at a loop
-        # boundary, so XLA cannot copy their chain into its reductions; 19 fewer fusions.)
         old = state.memory
         mem = memory_push(old, stp * state.d, y, sy, yy, push)
         # A failed search drops the memory and retries steepest descent from x once.
         mem = memory_reset(mem, search_failed)
         x, f, g, iteration = next_iterate(state, xe, fe, ge, done, first)
-        z = x - inverse_times(mem, g)
-        # Not finite or not downhill: scipy drops the memory and steps along -g (as at x0).
-        fresh = first | ~(all_finite(z) & (vdot(g, z - x) < 0))
-        z = jnp.where(fresh, x - g, z)
+
+        def next_search():
+            z = x - inverse_times(mem, g)
+            # Not finite or not downhill: scipy drops the memory and steps along -g (as
+            # at x0).
+            fresh = first | ~(all_finite(z) & (vdot(g, z - x) < 0))
+            z = jnp.where(fresh, x - g, z)
+            new = (z, fresh, *start_search(x, f, g, z, iteration, None))
+            return optax.tree.cast_like(new, same_search())  # the state's dtypes
+
+        def same_search():
+            return state.z, jnp.asarray(False), state.d, state.gd0, search
+
+        # The next search (the recursion's two scans) only where this one ended: in a
+        # single solve the trips inside a search skip it (a select under vmap). Its
+        # outputs are carried, so not stacked (a slice per carry output would cost more).
+        z, fresh, d, gd0, new_search = cond_or_select(
+            restart, next_search, same_search, batched, stacked=False
+        )
         mem = memory_reset(mem, restart & fresh)
-        d, gd0, new_search = start_search(x, f, g, z, iteration, None)
-        pick = lambda a, b: jnp.where(restart, a, b)
         state = SearchState(
             memory=mem,
             x=x,
             f=f,
             g=g,
-            d=pick(d, state.d),
-            z=pick(z, state.z),
-            gd0=pick(gd0, state.gd0),
+            d=d,
+            z=z,
+            gd0=gd0,
             vg=None,
-            search=jax.tree.map(pick, new_search, search),
+            search=new_search,
             trials=jnp.where(restart, 0, trials),
             iter=iteration,
         )
