@@ -112,6 +112,24 @@ def main() -> int:
         got = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec))(x0_s, a_s, b_s)
         np.testing.assert_allclose(got, wanted, rtol=1e-8, atol=1e-10)
 
+    # A closure over a value the body computes that does not vary over the mesh (review
+    # of the hoisting above: it was cast twice and raised "pvary is a invariant->variant
+    # collective"); such values stay in the closure, as before.
+    def replicated_closure(x0, a, b):
+        c = jnp.cos(jnp.float64(0.0))  # 1.0, made in the body: replicated
+
+        def one(x, a, b):
+            if method == "trf":
+                fun = lambda z: jax.tree.map(lambda r: r * c, residuals(z, a, b))
+                return jd.least_squares(fun, x, bounds=bounds)
+            fun = lambda z: least_squares(z, a, b) * c
+            return jd.minimize(fun, x, method=method, bounds=bounds)
+
+        return jax.vmap(one)(x0, a, b).x["w"]
+
+    body = jax.shard_map(replicated_closure, mesh=mesh, in_specs=spec, out_specs=spec)
+    np.testing.assert_allclose(jax.jit(body)(x0_s, a_s, b_s), ref.x["w"], rtol=1e-10, atol=1e-12)
+
     def queue(x0, a, b):
         if method == "trf":
             return jd.least_squares_batch(residuals, x0, args=(a, b), bounds=bounds, lanes=4)

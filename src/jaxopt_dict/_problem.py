@@ -17,7 +17,7 @@ import optax
 
 from jaxopt_dict._callable import Skeleton, rebuild, split_callable
 from jaxopt_dict._method import Box, Evaluation
-from jaxopt_dict._tree import in_manual_mesh, vary_over_manual_axes
+from jaxopt_dict._tree import in_manual_mesh, varies_over_manual_axes, vary_over_manual_axes
 from jaxopt_dict._tree import ravel as ravel_pytree
 
 PyTree = Any
@@ -476,10 +476,11 @@ class ClosureConverted:
     (``_callable``), so derivatives in them are implicit, as for ``args``.
 
     Inside ``shard_map`` (``vary``) the converted function is typed by its example
-    inputs, varying axes included, and the solve calls it with others (a replicated x0,
-    the loop's varying carry): its inputs are made varying over every manual axis, as
-    the example's were. That is a change of type only; JAX casts a replicated value the
-    same way where it meets a varying one."""
+    inputs, varying mesh axes included: x, args and the hoisted values all varied over
+    every manual axis there, and are made to again at each call (the solve calls it with
+    a replicated x0, the loop's varying carry, abstract values that carry no axes). That
+    is a change of type only; JAX casts a replicated value the same way where it meets a
+    varying one."""
 
     def __init__(self, fun: Callable[..., Any], consts: tuple, vary: bool = False) -> None:
         self.fun = fun
@@ -502,10 +503,21 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
     constant handler for type JVPTracer". ``jax.closure_convert`` hoists them (values
     of the transformations the solve is traced under, where one may be differentiated:
     ``_may_be_differentiated``)."""
-    vary = in_manual_mesh()
-    example = vary_over_manual_axes((x0, *args)) if vary else (x0, *args)
+    if not in_manual_mesh():
+        found = _closure_holding(fn, (x0, *args), _may_be_differentiated)
+        return fn if found is None else ClosureConverted(*found)
+    # Inside shard_map the converted jaxpr holds the casts JAX made while tracing: a
+    # hoisted value that did not vary over every mesh axis then is cast inside it, and
+    # could not be cast again. Hoisted only where every such value varies (computed from
+    # sharded inputs); otherwise as before: a derivative's own tracer is refused.
+    example = vary_over_manual_axes((x0, *args))
     found = _closure_holding(fn, example, _may_be_differentiated)
-    return fn if found is None else ClosureConverted(*found, vary=vary)
+    if found is not None and all(varies_over_manual_axes(c) for c in found[1]):
+        return ClosureConverted(*found, vary=True)
+    refuse_differentiated_closure(
+        fn, "fun, inside shard_map,", example, "Pass it through args there."
+    )
+    return fn
 
 
 def _may_be_differentiated(value: Any) -> bool:

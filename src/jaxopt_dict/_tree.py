@@ -359,6 +359,12 @@ def _varying_axes(leaf: Any) -> frozenset:
     return frozenset(getattr(manual, "varying", None) or getattr(t, "vma", None) or ())
 
 
+def varies_over_manual_axes(leaf: Any) -> bool:
+    """Whether ``leaf``'s type varies over every manual mesh axis (outside ``shard_map``,
+    trivially true)."""
+    return set(manual_axes()) <= _varying_axes(leaf)
+
+
 def _cast_varying(leaf: Any, axes: tuple) -> Any:
     """``leaf`` varying over ``axes`` too."""
     missing = tuple(a for a in axes if a not in _varying_axes(leaf))
