@@ -239,6 +239,24 @@ def test_float32_points_stay_inside_a_float64_box(solver):
         np.testing.assert_array_equal(res.x, on_bounds)
 
 
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        [(0.1, 0.3), (-1.0, 0.3)],
+        scipy.optimize.Bounds([0.1, -1.0], [0.3, 0.3]),
+        np.array([[0.1, 0.3], [-1.0, 0.3]]),
+    ],
+    ids=["pairs", "Bounds", "pairs-array"],
+)
+def test_float32_bounds_in_scipy_formats_round_inward(bounds):
+    """The same for scipy's formats (review: they were cast to x's dtype, to nearest,
+    while being unflattened: res.x = float32(0.3) = 0.30000001 > 0.3)."""
+    x0 = {"a": jnp.full(1, 0.2, jnp.float32), "b": jnp.zeros(1, jnp.float64)}
+    res = jd.minimize(flat_square, x0, args=(jnp.ones(2),), method="L-BFGS-B", bounds=bounds)
+    assert res.x["a"][0] == np.nextafter(np.float32(0.3), np.float32(0)), res.x
+    assert res.x["b"][0] == 0.3, res.x
+
+
 @pytest.mark.parametrize("method", ["L-BFGS-B", "GD", "Adam"])
 def test_a_traced_empty_box_ends_at_x0_without_success(method):
     # Traced bounds cannot be checked at the front door. Before: lower = 2 > upper = 0

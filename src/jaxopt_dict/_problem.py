@@ -175,7 +175,19 @@ def _from_pairs(pairs: tuple | list, x0: PyTree) -> tuple[PyTree, PyTree]:
     flat, unravel = ravel_pytree(x0)
     lower = [-jnp.inf if lo is None else lo for lo, _ in pairs]
     upper = [jnp.inf if hi is None else hi for _, hi in pairs]
+    if not any(isinstance(v, jax.core.Tracer) for v in lower + upper):
+        return _unravel_exact(np.asarray(lower), x0), _unravel_exact(np.asarray(upper), x0)
     return unravel(jnp.asarray(lower, flat.dtype)), unravel(jnp.asarray(upper, flat.dtype))
+
+
+def _unravel_exact(flat: np.ndarray, x0: PyTree) -> PyTree:
+    """Concrete values over x0's flattened coordinates as a pytree of x0's structure and
+    shapes, in their own (wider) dtype: ``_cast_bound`` rounds each into x's dtype
+    inward, which a cast to the flattened dtype here would pre-empt (to nearest)."""
+    leaves, treedef = jax.tree.flatten(x0)
+    ends = np.cumsum([np.size(leaf) for leaf in leaves])[:-1]
+    parts = np.split(np.broadcast_to(flat, (sum(np.size(v) for v in leaves),)), ends)
+    return treedef.unflatten([p.reshape(np.shape(v)) for p, v in zip(parts, leaves)])
 
 
 def _from_flat(values: Any, x0: PyTree, name: str, fill: float) -> PyTree:
@@ -193,6 +205,8 @@ def _from_flat(values: Any, x0: PyTree, name: str, fill: float) -> PyTree:
             f"Bounds.{name} has shape {np.shape(values)}; a scipy.optimize.Bounds takes a "
             f"scalar or an array of x0's flattened size ({flat.size},), in ravel_pytree order."
         )
+    if not isinstance(values, jax.core.Tracer):
+        return _unravel_exact(np.asarray(values), x0)
     return unravel(jnp.broadcast_to(jnp.asarray(values, flat.dtype), flat.shape))
 
 
