@@ -25,6 +25,7 @@ from jaxopt_dict._problem import (
 from jaxopt_dict._programs import SolveStatic, solve
 from jaxopt_dict._progress import require_tqdm
 from jaxopt_dict._result import OptimizeResult
+from jaxopt_dict._tree import WRAPPING_TRACERS
 from jaxopt_dict.methods import method_names, methods_with_bounds, resolve_method
 
 PyTree = Any
@@ -239,17 +240,12 @@ def _values_if_run_now(tree: PyTree) -> list | None:
         while isinstance(leaf, jax.core.Tracer):
             # Named, not duck-typed: a jit's tracer has a ``val`` too. Any other tracer
             # (or a renamed one) counts as staged: the exception is then wrapped, not lost.
-            inner_of = _EAGER_TRACERS.get(type(leaf).__name__)
+            inner_of = WRAPPING_TRACERS.get(type(leaf).__name__)  # (they run at once)
             if inner_of is None:
                 return None
             leaf = getattr(leaf, inner_of)
         values.append(leaf)
     return values
-
-
-# Tracers of transformations that run at once outside jit, and the attribute holding
-# what they wrap.
-_EAGER_TRACERS = {"BatchTracer": "val", "JVPTracer": "primal", "LinearizeTracer": "primal"}
 
 
 __all__ = ["method_names", "minimize", "option_specs"]

@@ -294,7 +294,8 @@ def cond_stacked(pred: jax.Array, true_fun, false_fun) -> PyTree:
     return treedef.unflatten(out)
 
 
-_WRAPPED = {"BatchTracer": "val", "JVPTracer": "primal", "LinearizeTracer": "primal"}
+# Tracers that wrap another value (vmap's, a derivative's), and the attribute holding it.
+WRAPPING_TRACERS = {"BatchTracer": "val", "JVPTracer": "primal", "LinearizeTracer": "primal"}
 _BATCHED_SOLVE = contextvars.ContextVar("jaxopt_dict_batched_solve", default=False)
 
 
@@ -320,7 +321,7 @@ def is_batched(tree: PyTree) -> bool:
         return True
     for leaf in jax.tree.leaves(tree):
         while isinstance(leaf, jax.core.Tracer):
-            inner = _WRAPPED.get(type(leaf).__name__)
+            inner = WRAPPING_TRACERS.get(type(leaf).__name__)
             if inner == "val":
                 return True
             leaf = None if inner is None else getattr(leaf, inner, None)

@@ -25,13 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxopt_dict._method import StepOutcome, Stepper
-from jaxopt_dict._tree import (
-    dots,
-    in_manual_mesh,
-    is_batched,
-    materialize,
-    vary_over_manual_axes,
-)
+from jaxopt_dict._tree import cond_or_select, dots, is_batched, materialize
 from jaxopt_dict._tree import ravel as ravel_pytree
 from jaxopt_dict.methods.lbfgs.cauchy import cauchy_point
 from jaxopt_dict.methods.lbfgs.compact import (
@@ -196,12 +190,9 @@ def compact_form_stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # select and both run). Without bounds the next step (H g) is cheap and the cond
         # cost more than it saved (A/B on 1000-D Rosenbrock): both run, one is kept.
         # (Inside shard_map, the select too: see ``cond_or_select``.)
-        if bounds is None or batched or in_manual_mesh():
-            pick = lambda a, b: jnp.where(restart, a, b)
-            both = vary_over_manual_axes((next_search(), same_search()))
-            z, fresh, d, gd0, new_search = jax.tree.map(pick, *both)
-        else:
-            z, fresh, d, gd0, new_search = jax.lax.cond(restart, next_search, same_search)
+        z, fresh, d, gd0, new_search = cond_or_select(
+            restart, next_search, same_search, batched or bounds is None, stacked=False
+        )
         # One reset of the stored memory for both reasons (a pair is only stored on a
         # restart, so without one ``stored`` is the old memory: no select over it).
         reset = materialize(restart & (search_failed | fresh))
