@@ -215,3 +215,21 @@ def test_fixed_step_methods_end_nonfinite_with_the_last_finite_iterate(method, o
     assert np.all(np.isfinite(np.asarray(res.x))) and np.isfinite(float(res.fun))
     before = jd.minimize(fun, x0, method=method, options={**options, "maxiter": int(res.nit)})
     np.testing.assert_array_equal(np.asarray(res.x), np.asarray(before.x))
+
+
+@pytest.mark.parametrize("n", [2, 20])  # the two-loop form and the compact form
+def test_a_value_that_overflows_in_x_dtype_is_rejected(n):
+    """``fun`` returns float64 for a float32 x; past x[0] = 2 its value, -1e300, is
+    -inf in x's dtype. The Wolfe test that skips the interpolation accepted it (single
+    solves stopped there with success); the interpolation rejects it, as vmap did."""
+
+    def cliff(x):
+        drop = jnp.where(x[0] > 2.0, -1e300, 0.0)
+        return jnp.sum((x - 3.0) ** 2).astype(jnp.float64) + drop
+
+    x0 = jnp.zeros(n, jnp.float32)
+    single = jd.minimize(cliff, x0, method="L-BFGS")
+    batch = jax.vmap(lambda x: jd.minimize(cliff, x, method="L-BFGS"))(jnp.stack([x0, x0]))
+    assert not bool(single.success) and np.isfinite(single.fun), single
+    assert float(single.x[0]) <= 2.0, single.x
+    assert int(single.status) == int(batch.status[0]), (single.status, batch.status)

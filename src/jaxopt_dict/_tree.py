@@ -328,18 +328,13 @@ def is_batched(tree: PyTree) -> bool:
     return False
 
 
-def cond_or_select(
-    pred: jax.Array, true_fun, false_fun, batched: bool, stacked: bool = True
-) -> PyTree:
-    """``jax.lax.cond(pred, true_fun, false_fun)`` in a single solve (``cond_stacked``
-    where ``stacked``: for outputs read within the trip); both branches and a select where
-    the predicate is per problem (``batched``: ``is_batched``), or inside ``shard_map``
-    (its varying-axes check refuses branches that return constants)."""
+def cond_or_select(pred: jax.Array, true_fun, false_fun, batched: bool) -> PyTree:
+    """``jax.lax.cond(pred, true_fun, false_fun)`` in a single solve; both branches and a
+    select where the predicate is per problem (``batched``: ``is_batched``), or inside
+    ``shard_map`` (its varying-axes check refuses branches that return constants)."""
     if batched or in_manual_mesh():
         both = vary_over_manual_axes((true_fun(), false_fun()))
         return jax.tree.map(lambda a, b: jnp.where(pred, a, b), *both)
-    if stacked:
-        return cond_stacked(pred, true_fun, false_fun)
     return jax.lax.cond(pred, true_fun, false_fun)
 
 

@@ -191,7 +191,7 @@ def compact_form_stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # cost more than it saved (A/B on 1000-D Rosenbrock): both run, one is kept.
         # (Inside shard_map, the select too: see ``cond_or_select``.)
         z, fresh, d, gd0, new_search = cond_or_select(
-            restart, next_search, same_search, batched or bounds is None, stacked=False
+            restart, next_search, same_search, batched or bounds is None
         )
         # One reset of the stored memory for both reasons (a pair is only stored on a
         # restart, so without one ``stored`` is the old memory: no select over it).

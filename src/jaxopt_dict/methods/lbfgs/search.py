@@ -146,10 +146,14 @@ def search_outcome(state: SearchState, fe, gd, trials, maxls: int, batched: bool
     has XLA compute these scalars once instead of copying their chain into every fusion
     that reads one. Under ``vmap`` (``batched``) or inside ``shard_map`` a cond would run
     both branches: the interpolation alone gives the same verdict (dcsrch tests the
-    Wolfe conditions first) and is what runs there."""
+    Wolfe conditions first, at a finite trial) and is what runs there."""
     s0, dtype = state.search, state.x.dtype
-    wolfe = (fe <= s0.finit + more_thuente_step(s0) * s0.gtest) & (
-        jnp.abs(gd) <= WOLFE_GTOL * -s0.ginit
+    # (Finite as the interpolation requires: an f finite in fun's dtype may overflow to
+    # -inf in x's, and a non-finite trial is rejected, never accepted.)
+    wolfe = (
+        jnp.isfinite(fe)
+        & (fe <= s0.finit + more_thuente_step(s0) * s0.gtest)
+        & (jnp.abs(gd) <= WOLFE_GTOL * -s0.ginit)
     )
 
     def outcome(interpolate: bool):

@@ -182,9 +182,7 @@ def two_loop_stepper(maxcor: int, maxls: int) -> Stepper:
         # The next search (the recursion's two scans) only where this one ended: in a
         # single solve the trips inside a search skip it (a select under vmap). Its
         # outputs are carried, so not stacked (a slice per carry output would cost more).
-        z, fresh, d, gd0, new_search = cond_or_select(
-            restart, next_search, same_search, batched, stacked=False
-        )
+        z, fresh, d, gd0, new_search = cond_or_select(restart, next_search, same_search, batched)
         mem = memory_reset(mem, restart & fresh)
         state = SearchState(
             memory=mem,
