@@ -23,9 +23,9 @@ the cache as it is. An object that hashes by identity (a plain class, a ``functo
 or jax's ``Partial``) is keyed by its attributes (a partial: its func, args and keywords)
 even when it holds no array: kept whole, ``t.c = 5.0`` between two solves would hit the
 cache and return the old answer. (Only if one of its attributes cannot be hashed is it
-kept whole, by identity.) A
-part that cannot be hashed but whose content can (a numpy array of strings, a set, a bytearray, a deque) is keyed by its content. Arrays inside
-a function's closure are not seen (a closure is code, not data): pass them through ``args``
+kept whole, by identity.) A part that cannot be hashed but whose content can (a numpy
+array of strings, a set, a bytearray, a deque) is keyed by its content. Arrays inside a
+function's closure are not seen (a closure is code, not data): pass them through ``args``
 or a partial.
 """
 
@@ -346,7 +346,7 @@ class _Splitter:
         return _Object(type(value), tuple(names), tuple(children), template)
 
 
-_PARTIALS = (functools.partial, jax.tree_util.Partial)  # split and keyed by value
+_PARTIALS = (functools.partial, jax.tree_util.Partial)  # rebuilt by their constructors
 
 
 def _hashed_by_identity(value: Any) -> bool:

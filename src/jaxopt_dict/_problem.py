@@ -172,11 +172,11 @@ def _is_scipy_pair(item: Any) -> bool:
 def _from_pairs(pairs: tuple | list, x0: PyTree) -> tuple[PyTree, PyTree]:
     """scipy's ``[(lo, hi), ...]``, one pair per coordinate in ``ravel_pytree`` order, as
     ``(lower, upper)`` pytrees with x0's structure (``None`` = unbounded on that side)."""
-    flat, unravel = ravel_pytree(x0)
     lower = [-jnp.inf if lo is None else lo for lo, _ in pairs]
     upper = [jnp.inf if hi is None else hi for _, hi in pairs]
     if not any(isinstance(v, jax.core.Tracer) for v in lower + upper):
         return _unravel_exact(np.asarray(lower), x0), _unravel_exact(np.asarray(upper), x0)
+    flat, unravel = ravel_pytree(x0)
     return unravel(jnp.asarray(lower, flat.dtype)), unravel(jnp.asarray(upper, flat.dtype))
 
 
@@ -185,8 +185,8 @@ def _unravel_exact(flat: np.ndarray, x0: PyTree) -> PyTree:
     shapes, in their own (wider) dtype: ``_cast_bound`` rounds each into x's dtype
     inward, which a cast to the flattened dtype here would pre-empt (to nearest)."""
     leaves, treedef = jax.tree.flatten(x0)
-    ends = np.cumsum([np.size(leaf) for leaf in leaves])[:-1]
-    parts = np.split(np.broadcast_to(flat, (sum(np.size(v) for v in leaves),)), ends)
+    sizes = [np.size(leaf) for leaf in leaves]
+    parts = np.split(np.broadcast_to(flat, (sum(sizes),)), np.cumsum(sizes)[:-1])
     return treedef.unflatten([p.reshape(np.shape(v)) for p, v in zip(parts, leaves)])
 
 
@@ -524,13 +524,13 @@ def _closure_converted(fn: Any, x0: PyTree, args: tuple) -> Any:
     # hoisted value that did not vary over every mesh axis then is cast inside it, and
     # could not be cast again. Hoisted only where every such value varies (computed from
     # sharded inputs); otherwise as before: a derivative's own tracer is refused.
-    example = vary_over_manual_axes((x0, *args))
-    found = _closure_holding(fn, example, _may_be_differentiated)
-    if found is not None and all(varies_over_manual_axes(c) for c in found[1]):
+    found = _closure_holding(fn, vary_over_manual_axes((x0, *args)), _may_be_differentiated)
+    if found is None:
+        return fn
+    if all(varies_over_manual_axes(c) for c in found[1]):
         return ClosureConverted(*found, vary=True)
-    refuse_differentiated_closure(
-        fn, "fun, inside shard_map,", example, "Pass it through args there."
-    )
+    if any(_is_derivative_tracer(c) for c in found[1]):
+        raise _differentiated_closure_error("fun, inside shard_map,", "Pass it through args there.")
     return fn
 
 
@@ -583,11 +583,15 @@ def refuse_differentiated_closure(fn: Any, name: str, example_args: tuple, fix: 
     """
     found = inside_transformation() and _closure_holding(fn, example_args, _is_derivative_tracer)
     if found:
-        raise ValueError(
-            f"{name} closes over a value that a derivative of your code is taken in (a "
-            "jax.grad or jvp variable): the solve's implicit derivative cannot see it, and "
-            f"would be zero in it. {fix}"
-        )
+        raise _differentiated_closure_error(name, fix)
+
+
+def _differentiated_closure_error(name: str, fix: str) -> ValueError:
+    return ValueError(
+        f"{name} closes over a value that a derivative of your code is taken in (a "
+        "jax.grad or jvp variable): the solve's implicit derivative cannot see it, and "
+        f"would be zero in it. {fix}"
+    )
 
 
 def make_objective(

@@ -155,6 +155,9 @@ def _vmap_rule(
         queue's gathers and scatters would not keep the batch's sharding (each device
         solving its own slice), which plain batching does.
 
+    Otherwise, where the solve can be traced again, it is, under ``vmap`` (the methods'
+    batched form); else the single solve's jaxpr is batched as it is.
+
     Leaves of ``x0`` the ``vmap`` does not batch are broadcast (one start for all
     problems); so are unbatched leaves of an arg that has batched ones. An arg with no
     batched leaf is shared by the lanes, as ``minimize_batch``'s ``args_axes=None``.
@@ -166,17 +169,19 @@ def _vmap_rule(
         opts.get(name) for name in ("disp", "trace", "progress")
     )
     lanes = default_lanes(static.method.long_tail, axis_size)
+    # The solve can be traced again (by the queue per lane, or batched as a whole): it
+    # closes over no traced value, and has no per-problem reports to keep.
+    retraceable = queue_ok and not any(jax.tree.leaves(consts_batched)) and not reports
     queue = (
-        queue_ok
+        retraceable
         and axis_size > lanes
-        and not any(jax.tree.leaves((consts_batched, dynamic_batched, box_batched)))
-        and not reports
+        and not any(jax.tree.leaves((dynamic_batched, box_batched)))
         and (jax.device_count() == 1 or in_manual_mesh())
     )
-    if not queue and queue_ok and not any(jax.tree.leaves(consts_batched)) and not reports:
-        # The solve traced again, batched, so that a method knows it is
-        # (``_tree.is_batched``) and selects where a single solve skips work in a cond
-        # (under vmap a cond runs both branches, and the interpolation alone suffices).
+    if retraceable and not queue:
+        # Traced again, batched, so that a method knows it is (``_tree.is_batched``) and
+        # selects where a single solve skips work in a cond (``while_loop`` traces its
+        # body per problem, and under vmap a cond runs both branches anyway).
         in_axes = jax.tree.map(lambda batched: 0 if batched else None, in_batched[1])
         single = functools.partial(_run, static, unrolled_trips=None)
         with tracing_batched_solve():

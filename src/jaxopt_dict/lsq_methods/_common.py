@@ -91,6 +91,15 @@ SMALL_SVD_COLUMNS = 5
 _JACOBI_MAX_SWEEPS = 30  # typically 4-6 (the last one finds nothing left to rotate)
 
 
+def newton_correction(value, by, q, q_norm, divisor) -> jax.Array:
+    """MINPACK's ``((value / by) / t) / t`` with ``t = ||(q / q_norm) / divisor||``
+    (lmpar, Moré 1978 eq. 5.5): the Newton correction of a secular equation, formed from a
+    normalized norm, never from squares (``suf**2 / s**4`` overflowed in float32 from
+    |J| ~ 1e9, in float64 from ~1e78)."""
+    t = scaled_norm(safe_div(safe_div(q, q_norm), divisor))
+    return safe_div(safe_div(safe_div(value, by), t), t)
+
+
 def factorize(A: jax.Array, f: jax.Array) -> Factors:
     """The SVD of ``A`` (m x n) as ``Factors``: ``uf = U^T f``, ``s`` descending, ``V``.
 
@@ -253,9 +262,7 @@ def solve_trust_region(
         q = safe_div(suf, denom)
         p_norm = scaled_norm(q)
         phi = p_norm - Delta
-        # Normalized first (MINPACK's lmpar): t = ||q / sqrt(denom)|| / ||q||.
-        t = scaled_norm(safe_div(safe_div(q, p_norm), jnp.sqrt(denom)))
-        return phi, -safe_div(safe_div(safe_div(phi, p_norm), t), t)
+        return phi, -newton_correction(phi, p_norm, q, p_norm, jnp.sqrt(denom))
 
     upper = scaled_norm(suf) / Delta  # (||suf||^2 overflowed in float32 from |J| ~ 1e9)
     _, newton0 = phi_and_newton_step(jnp.zeros_like(Delta))

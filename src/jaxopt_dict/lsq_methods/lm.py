@@ -31,6 +31,7 @@ from jaxopt_dict.lsq_methods._common import (
     Factors,
     factorize,
     init_from_step,
+    newton_correction,
     resolvable,
     safe_div,
     scaled_norm,
@@ -70,11 +71,8 @@ def lmpar(factors: Factors, delta, par, m: int):
     fp = dxnorm - delta
     gauss_newton = fp <= 0.1 * delta
     suf = s * uf
-    # MINPACK's ((fp / delta) / temp) / temp: the Newton step's lower bound, from norms and
-    # never their squares (uf**2 / s**4 overflowed from |J| ~ 1e78 in float64, ~1e9 in
-    # float32, and the solve took no step).
-    temp = scaled_norm(safe_div(safe_div(v, dxnorm), s))
-    parl = jnp.where(jnp.all(nonsingular), safe_div(safe_div(safe_div(fp, delta), temp), temp), 0.0)
+    # The Newton step's lower bound (``newton_correction``: from norms, never squares).
+    parl = jnp.where(jnp.all(nonsingular), newton_correction(fp, delta, v, dxnorm, s), 0.0)
     gnorm = scaled_norm(suf)
     paru = gnorm / delta
     paru = jnp.where(paru == 0, dwarf / jnp.minimum(delta, 0.1), paru)
@@ -91,8 +89,7 @@ def lmpar(factors: Factors, delta, par, m: int):
         fp_k = dxnorm - delta
         exits = (jnp.abs(fp_k) <= 0.1 * delta) | (parl == 0) & (fp_k <= fp) & (fp < 0) | (k == 9)
         # fp_k dxnorm^2 / (delta sum(suf^2 / denom^3)), from norms (see parl above).
-        temp = scaled_norm(safe_div(safe_div(q, dxnorm), jnp.sqrt(denom)))
-        parc = safe_div(safe_div(safe_div(fp_k, delta), temp), temp)
+        parc = newton_correction(fp_k, delta, q, dxnorm, jnp.sqrt(denom))
         parl_k = jnp.where(fp_k > 0, jnp.maximum(parl, par_k), parl)
         paru_k = jnp.where(fp_k < 0, jnp.minimum(paru, par_k), paru)
         par_next = jnp.where(exits, par_k, jnp.maximum(parl_k, par_k + parc))

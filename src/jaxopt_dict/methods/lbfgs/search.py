@@ -148,16 +148,16 @@ def search_outcome(state: SearchState, fe, gd, trials, maxls: int, batched: bool
     both branches: the interpolation alone gives the same verdict (dcsrch tests the
     Wolfe conditions first, at a finite trial) and is what runs there."""
     s0, dtype = state.search, state.x.dtype
+    stp = more_thuente_step(s0)  # the step just evaluated
     # (Finite as the interpolation requires: an f finite in fun's dtype may overflow to
     # -inf in x's, and a non-finite trial is rejected, never accepted.)
     wolfe = (
         jnp.isfinite(fe)
-        & (fe <= s0.finit + more_thuente_step(s0) * s0.gtest)
+        & (fe <= s0.finit + stp * s0.gtest)
         & (jnp.abs(gd) <= WOLFE_GTOL * -s0.ginit)
     )
 
     def outcome(interpolate: bool):
-        stp = more_thuente_step(s0)
         if interpolate:
             search, task = more_thuente_advance(s0, fe, gd, gtol=WOLFE_GTOL)
         else:
