@@ -36,7 +36,7 @@ from jaxopt_dict._problem import (
 from jaxopt_dict._programs import SolveStatic, solve_queue, take_row
 from jaxopt_dict._progress import require_tqdm
 from jaxopt_dict._result import OptimizeResult
-from jaxopt_dict._tree import interval_holds_points, ravel
+from jaxopt_dict._tree import flat_dtype_of, interval_holds_points, ravel
 from jaxopt_dict.lsq_methods import LSQ_METHODS, resolve_lsq_method
 from jaxopt_dict.lsq_methods._common import (
     LsqAux,
@@ -388,7 +388,7 @@ def _x_scale_vector(x_scale: Any, x0: PyTree, n: int) -> jax.Array:
     Raises:
       ValueError: a shape that fits neither, or a value that is not positive and finite.
     """
-    flat_dtype = ravel(x0)[0].dtype
+    flat_dtype = flat_dtype_of(x0)
     leaves = jax.tree.leaves(x0)
     if isinstance(x_scale, tuple) and jax.tree.structure(x_scale) != jax.tree.structure(x0):
         x_scale = list(x_scale)  # scipy's array_like, not a pytree like x0
@@ -401,9 +401,12 @@ def _x_scale_vector(x_scale: Any, x0: PyTree, n: int) -> jax.Array:
             )
         scale = ravel(jax.tree.map(lambda s, v: jnp.broadcast_to(s, jnp.shape(v)), x_scale, x0))[0]
     else:
-        scale = jnp.asarray(x_scale, flat_dtype)
+        # NumPy where concrete: no eager JAX operation per call (``tests/test_front_door_cost.py``).
+        traced = any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(x_scale))
+        xp: Any = jnp if traced else np
+        scale = xp.asarray(x_scale, flat_dtype)
         if scale.ndim == 0:
-            scale = jnp.full((n,), scale)
+            scale = xp.full((n,), scale)
         if len(leaves) == 1 and scale.shape == jnp.shape(leaves[0]):
             scale = scale.ravel()  # x0 a single array: x_scale of its shape
         if scale.shape != (n,):
@@ -504,7 +507,7 @@ def least_squares(
         {"ftol": ftol, "xtol": xtol, "gtol": gtol, "max_nfev": max_nfev},
     )  # fmt: skip
     res = solve_reporting_errors(static, x0, args, dynamic, box)
-    return least_squares_result(res, box, dynamic)
+    return _least_squares_result(res, box, dynamic)
 
 
 def prepare_least_squares(
@@ -643,14 +646,13 @@ def prepare_least_squares(
     if scale_by_jac and x_scale != "jac":
         raise ValueError(f"x_scale must be 'jac', a scalar, an array or a pytree; got {x_scale!r}.")
     x_scale_vector = (
-        jnp.ones((n,), ravel(x0)[0].dtype) if scale_by_jac else _x_scale_vector(x_scale, x0, n)
+        np.ones((n,), flat_dtype_of(x0)) if scale_by_jac else _x_scale_vector(x_scale, x0, n)
     )
 
-    x0 = strictly_inside(x0, box)
+    x0 = x0 if box is None else _strictly_inside(x0, box)
     specs = tuple(s for s in specs if s.name != "max_nfev") + (Option("maxfun", 0, int),)
     static_opts, dynamic = split_static(specs, values)
     static_opts = (*static_opts, ("x_scale_jac", scale_by_jac), ("adjoint", "implicit"))
-    dynamic = {k: jnp.asarray(v) for k, v in dynamic.items()}
     dynamic["x_scale"] = x_scale_vector
     wrapped = None if callback is None else _LsqCallback(callback)
     return SolveStatic(method_rec, objective, static_opts, wrapped), x0, args, dynamic, box
@@ -701,8 +703,8 @@ def strictly_inside(x0: PyTree, box: Box | None) -> PyTree:
 
     def leaf(x, lower, upper):
         # (the start's dependence on the bounds carries no derivative: res.x's is implicit)
-        lower = jax.lax.stop_gradient(lower).astype(x.dtype)
-        upper = jax.lax.stop_gradient(upper).astype(x.dtype)
+        lower = jax.lax.stop_gradient(jnp.asarray(lower, x.dtype))
+        upper = jax.lax.stop_gradient(jnp.asarray(upper, x.dtype))
         inside = make_strictly_feasible(jnp.clip(x, lower, upper), lower, upper, 1e-10)
         inside = make_strictly_feasible(inside, lower, upper, 0)
         # (An empty interval, from traced bounds, keeps x0: the solve stops there.)
@@ -799,6 +801,12 @@ def least_squares_result(res: OptimizeResult, box: Box | None, dynamic: Mapping)
         optimality=optimality,
         active_mask=active_mask(res.x, box, dynamic["xtol"]),
     )
+
+
+# One dispatch each for what a top-level call computes around its solve (as eager
+# operations, one dispatch per operation); inside a user's jit they are inlined.
+_strictly_inside = jax.jit(strictly_inside)
+_least_squares_result = jax.jit(least_squares_result)
 
 
 __all__ = ["LOSSES", "LSQ_METHODS", "least_squares", "least_squares_batch"]

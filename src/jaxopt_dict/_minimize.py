@@ -128,7 +128,6 @@ def prepare_solve(fun, x0, args, method, jac, bounds, tol, options, callback, ha
         # The unrolled loop's length follows maxfun: structural there.
         specs = tuple(spec._replace(static=spec.name == "maxfun" or spec.static) for spec in specs)
     static_opts, dynamic = split_static(specs, values)
-    dynamic = {k: jnp.asarray(v) for k, v in dynamic.items()}
     return SolveStatic(method_rec, objective, static_opts, callback), x0, args, dynamic, box
 
 

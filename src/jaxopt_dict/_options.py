@@ -208,9 +208,13 @@ def resolve_options(
 def split_static(
     specs: tuple[Option, ...], values: Mapping[str, Any]
 ) -> tuple[tuple[tuple[str, Any], ...], dict[str, Any]]:
-    """Split resolved options into static (hashable, Python) and dynamic (array) parts.
+    """Split resolved options into static (hashable, Python) and dynamic parts.
 
-    ``None`` values are static: whether an option is set changes the program.
+    ``None`` values are static: whether an option is set changes the program. Dynamic
+    values are the compiled solve's arguments as they are: a Python number enters the jit
+    as the weakly typed scalar ``jnp.asarray`` would make of it, without an eager
+    conversion per option and call (four of them were about 0.1 ms of every top-level
+    ``minimize``).
     """
     static, dynamic = [], {}
     for spec in specs:

@@ -71,10 +71,14 @@ def canonicalize_x0(x0: PyTree) -> PyTree:
                 f"x0{_path(path)} is an integer or boolean ({leaf!r}); x0 must hold floating "
                 "arrays (write 1.0, not 1)."
             )
-        try:
-            dtype = jnp.result_type(leaf)
-        except TypeError as err:
-            raise TypeError(f"x0{_path(path)} is not an array: {type(leaf).__name__}.") from err
+        if isinstance(leaf, jax.Array):  # (tracers too) already JAX's: no conversion
+            dtype = leaf.dtype
+        else:
+            try:
+                dtype = jnp.result_type(leaf)
+            except TypeError as err:
+                raise TypeError(f"x0{_path(path)} is not an array: {type(leaf).__name__}.") from err
+            leaf = jnp.asarray(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(
                 f"x0{_path(path)} has dtype {dtype}; x0 must hold real floating arrays "
@@ -85,42 +89,58 @@ def canonicalize_x0(x0: PyTree) -> PyTree:
                 f"x0{_path(path)} has dtype {dtype}: the stopping tests (gtol, ftol, one ulp "
                 "of f) cannot be resolved in half precision; use float32 (or float64)."
             )
-        leaves.append(jnp.asarray(leaf))
+        leaves.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 _ROUNDED_INWARD = (np.float16, np.float32, np.float64)  # dtypes numpy steps by one ulp
 
 
-def _cast_bound(value: Any, dtype: Any, toward: float | None) -> jax.Array:
-    """A bound in x's dtype; with ``toward`` (+inf for a lower bound, -inf for an upper),
-    a concrete bound that the cast would move outside the user's box (``upper=0.1`` in
-    float32 rounds to 0.10000000149) is moved one ulp back inside it. Traced bounds are
-    rounded to nearest."""
-    if toward is None or isinstance(value, jax.core.Tracer) or dtype not in _ROUNDED_INWARD:
-        return jnp.asarray(value, dtype)
+def _cast_bound(value: Any, dtype: Any, toward: float) -> tuple[Any, Any]:
+    """A bound in x's dtype, twice: rounded to nearest, and rounded into the user's box
+    (``toward`` +inf for a lower bound, -inf for an upper): a concrete bound that the cast
+    moves outside it (``upper=0.1`` in float32 rounds to 0.10000000149) moved one ulp
+    back. Traced bounds are rounded to nearest, both times.
+
+    Concrete bounds stay NumPy arrays: built with eager ``jnp`` operations (one dispatch
+    each), the box cost about 0.6 ms of every top-level ``minimize`` with bounds, more
+    than a small solve itself."""
+    if isinstance(value, jax.core.Tracer):
+        cast = jnp.asarray(value, dtype)
+        return cast, cast
     wide = np.asarray(value)
-    if wide.dtype.kind not in "iuf" or wide.dtype == dtype:
-        return jnp.asarray(value, dtype)
-    narrow = wide.astype(dtype)
-    outside = narrow < wide if toward > 0 else narrow > wide  # compared in the wider type
-    return jnp.asarray(np.where(outside, np.nextafter(narrow, narrow.dtype.type(toward)), narrow))
+    if wide.dtype.kind not in "biuf":
+        cast = jnp.asarray(value, dtype)  # JAX's own error for what is not a number
+        return cast, cast
+    nearest = wide.astype(dtype)
+    if dtype not in _ROUNDED_INWARD or wide.dtype.kind == "b" or wide.dtype == dtype:
+        return nearest, nearest
+    outside = nearest < wide if toward > 0 else nearest > wide  # compared in the wider type
+    return nearest, np.where(outside, np.nextafter(nearest, nearest.dtype.type(toward)), nearest)
 
 
-def _bound_side(
-    side: Any, x0: PyTree, name: str, fill: float, toward: float | None = None
-) -> PyTree:
-    """One side of ``bounds`` as a pytree with x0's structure, shapes and dtypes (rounded
-    toward ``toward`` where a cast to x's dtype is inexact: ``_cast_bound``)."""
+def _broadcast(bound: Any, shape: tuple) -> Any:
+    if isinstance(bound, np.ndarray):
+        return np.broadcast_to(bound, shape)
+    return jnp.broadcast_to(bound, shape)
+
+
+def _bound_side(side: Any, x0: PyTree, name: str, fill: float) -> tuple[PyTree, PyTree]:
+    """One side of ``bounds`` as pytrees with x0's structure, shapes and dtypes: rounded
+    to nearest, and rounded into the box (``_cast_bound``; ``fill`` is the side's
+    infinity, -inf for ``lower``). Concrete leaves are NumPy arrays, traced ones JAX's."""
+    toward = -fill
+    x_leaves, x_def = jax.tree.flatten(x0)
     if side is None:
-        return jax.tree.map(lambda x: jnp.full(x.shape, fill, x.dtype), x0)
+        sides = [np.full(x.shape, fill, x.dtype) for x in x_leaves]
+        return x_def.unflatten(sides), x_def.unflatten(sides)
     if isinstance(side, (int, float, np.number)) or (
         isinstance(side, (np.ndarray, jax.Array)) and side.ndim == 0
     ):
-        return jax.tree.map(
-            lambda x: jnp.broadcast_to(_cast_bound(side, x.dtype, toward), x.shape), x0
-        )
-    x_paths, x_def = jax.tree_util.tree_flatten_with_path(x0)
+        pairs = [_cast_bound(side, x.dtype, toward) for x in x_leaves]
+        shaped = [[_broadcast(v, x.shape) for v in pair] for pair, x in zip(pairs, x_leaves)]
+        return x_def.unflatten([p[0] for p in shaped]), x_def.unflatten([p[1] for p in shaped])
+    x_paths = jax.tree_util.tree_flatten_with_path(x0)[0]
     b_paths, b_def = jax.tree_util.tree_flatten_with_path(side, is_leaf=lambda v: v is None)
     if b_def != x_def:
         x_keys = {_path(p) for p, _ in x_paths}
@@ -135,10 +155,11 @@ def _bound_side(
         if not detail:
             detail.append(f"container types differ: {b_def} vs x0's {x_def}")
         raise ValueError(f"bounds {name} does not have x0's structure: {'; '.join(detail)}.")
-    out = []
+    nearest, inward = [], []
     for (path, x), (_, b) in zip(x_paths, b_paths):
         if b is None:
-            out.append(jnp.full(x.shape, fill, x.dtype))
+            nearest.append(np.full(x.shape, fill, x.dtype))
+            inward.append(nearest[-1])
             continue
         try:
             shape = np.broadcast_shapes(np.shape(b), x.shape)
@@ -149,8 +170,9 @@ def _bound_side(
                 f"bounds {name}{_path(path)} has shape {np.shape(b)}, which does not "
                 f"broadcast to x0{_path(path)}'s shape {x.shape}."
             )
-        out.append(jnp.broadcast_to(_cast_bound(b, x.dtype, toward), x.shape))
-    return jax.tree_util.tree_unflatten(x_def, out)
+        for out, v in zip((nearest, inward), _cast_bound(b, x.dtype, toward)):
+            out.append(_broadcast(v, x.shape))
+    return x_def.unflatten(nearest), x_def.unflatten(inward)
 
 
 def _is_scalar_bound(value: Any) -> bool:
@@ -269,12 +291,11 @@ def canonicalize_bounds(bounds: Any, x0: PyTree) -> Box | None:
         lower, upper = _lower_upper(bounds, x0)
         if lower is None and upper is None:
             return None
-        box = Box(
-            _bound_side(lower, x0, "lower", -jnp.inf), _bound_side(upper, x0, "upper", jnp.inf)
-        )
+        lower, lower_inward = _bound_side(lower, x0, "lower", -np.inf)
+        upper, upper_inward = _bound_side(upper, x0, "upper", np.inf)
     unbounded = True  # every bound concrete and infinite
     for (path, lo), hi in zip(
-        jax.tree_util.tree_flatten_with_path(box.lower)[0], jax.tree.leaves(box.upper)
+        jax.tree_util.tree_flatten_with_path(lower)[0], jax.tree.leaves(upper)
     ):
         if isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer):
             unbounded = False
@@ -297,26 +318,22 @@ def canonicalize_bounds(bounds: Any, x0: PyTree) -> Box | None:
         unbounded = unbounded and bool((lo == -np.inf).all() and (hi == np.inf).all())
     if unbounded:
         return None
+
     # Every point evaluated lies inside the user's box, also where x's dtype cannot hold a
     # bound exactly: rounded inward, unless no point of that dtype lies between the two
     # (equal bounds at 0.1 in float32: then nearest, as checked above).
-    with jax.ensure_compile_time_eval():
-        inward = Box(
-            _bound_side(lower, x0, "lower", -jnp.inf, toward=np.inf),
-            _bound_side(upper, x0, "upper", jnp.inf, toward=-np.inf),
-        )
+    def keep_inside(lo_in, hi_in, lo, hi):
+        if isinstance(lo_in, jax.core.Tracer) or isinstance(hi_in, jax.core.Tracer):
+            return lo, hi
+        crossed = np.asarray(lo_in) > np.asarray(hi_in)
+        return np.where(crossed, lo, lo_in), np.where(crossed, hi, hi_in)
 
-        def keep_inside(which: int) -> PyTree:
-            def one(lo_in, hi_in, lo, hi):
-                if isinstance(lo_in, jax.core.Tracer) or isinstance(hi_in, jax.core.Tracer):
-                    return (lo, hi)[which]
-                crossed = np.asarray(lo_in) > np.asarray(hi_in)
-                chosen = (lo, hi)[which], (lo_in, hi_in)[which]
-                return jnp.asarray(np.where(crossed, *chosen))
-
-            return jax.tree.map(one, inward.lower, inward.upper, box.lower, box.upper)
-
-        return Box(keep_inside(0), keep_inside(1))
+    pairs = [
+        keep_inside(*leaves)
+        for leaves in zip(*map(jax.tree.leaves, (lower_inward, upper_inward, lower, upper)))
+    ]
+    treedef = jax.tree.structure(x0)
+    return Box(treedef.unflatten([p[0] for p in pairs]), treedef.unflatten([p[1] for p in pairs]))
 
 
 def _abstract(tree: PyTree) -> PyTree:

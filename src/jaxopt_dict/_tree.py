@@ -134,6 +134,15 @@ def ravel(tree: PyTree) -> tuple[jax.Array, Any]:
         return ravel_pytree(tree)
 
 
+def flat_dtype_of(tree: PyTree) -> Any:
+    """The dtype ``ravel(tree)`` gives (the leaves' dtypes promoted, weak types as strong:
+    ``ravel_pytree``'s rule), without raveling: no eager operation."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.result_type(
+            *[jnp.dtype(jnp.result_type(leaf)) for leaf in jax.tree.leaves(tree)]
+        )
+
+
 def vdot(a: PyTree, b: PyTree) -> jax.Array:
     """``optax.tree.vdot`` for real leaves, small leaves written out (see ``_reduce``)."""
     return _reduce(optax.tree.mul(a, b), lambda entry: entry, jnp.add, jnp.sum)
