@@ -84,3 +84,18 @@ def test_least_squares_runs_no_eager_operation_once_compiled(name):
     solve = lambda: jd.least_squares(residuals, x0, args=(t, y), **LSQ_CASES[name])
     jax.block_until_ready(solve().x)
     assert eager_operations(solve) == []
+
+
+def test_a_passed_check_is_not_reused_for_other_input_types():
+    """The front door remembers the checks of ``fun`` that passed (per objective and input
+    types): a new shape is checked again, and a failed check fails every time."""
+
+    def fun(x):
+        return x * x  # a scalar only for a scalar x
+
+    scalar, vector = jnp.asarray(3.0), jnp.array([3.0, 1.0])
+    assert jd.minimize(fun, scalar).success
+    for _ in range(2):
+        with pytest.raises(TypeError, match="must return a scalar"):
+            jd.minimize(fun, vector)
+    assert eager_operations(lambda: jd.minimize(fun, scalar)) == []
