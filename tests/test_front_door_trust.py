@@ -460,3 +460,26 @@ def test_bounds_of_no_known_format(nothing_compiled, bounds):
 def test_dict_minimize_suggests_the_method(nothing_compiled):
     with pytest.raises(ValueError, match="Did you mean 'L-BFGS-B'"):
         jd_dict_minimize.minimize(rosenbrock_value_and_grad, _dict_x0(), method="l_bfgs_b")
+
+
+@pytest.mark.parametrize("name", ["maxiter", "maxfun"])
+@pytest.mark.parametrize("budget", [2**31, 2**40, 2**63])
+def test_a_budget_beyond_int32_is_no_limit(name, budget):
+    """The loop counts nit and nfev in int32: a larger maxiter or maxfun once wrapped
+    around in the comparison and stopped the solve at x0 with MAX_ITER (status 1, nit 0);
+    it now means no limit, as int32's largest does."""
+    fun = lambda x: jnp.sum((x - 1.0) ** 2)
+    x0 = jnp.array([0.5, -0.3])
+    res = jd.minimize(fun, x0, options={name: budget})
+    ref = jd.minimize(fun, x0)
+    assert res.status == ref.status == 0 and res.nit == ref.nit > 0
+
+
+def test_float_options_beyond_float32_warn_nothing_without_x64():
+    """Without x64 a float option beyond float32's range (gtol=1e300) is read as inf, as
+    before, and not handed to the jit as a number it must cast (a RuntimeWarning on every
+    call)."""
+    with jax.enable_x64(False), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = jd.minimize(lambda x: jnp.sum(x**2), jnp.array([0.5, -0.3]), options={"gtol": 1e300})
+    assert res.status == 0 and res.nit == 0

@@ -105,6 +105,18 @@ def _is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+_LARGEST_COUNT = int(np.iinfo(np.int32).max)  # int options beyond it are clipped to it
+
+
+def _as_jax_float(value: float) -> float:
+    """A float option as the jit will read it: beyond float32's range without x64, the
+    infinity ``jnp.asarray`` made of it (JAX's argument parser would warn on every call)."""
+    x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
+    if not x64 and abs(value) > float(np.finfo(np.float32).max):
+        return math.copysign(math.inf, value)
+    return value
+
+
 def _check_value(method: str, spec: Option, value: Any) -> Any:
     """Return the canonical value of one option, or raise a clear error."""
     where = f"options[{spec.name!r}] for method {method!r}"
@@ -151,7 +163,10 @@ def _check_value(method: str, spec: Option, value: Any) -> Any:
         if np.ndim(value) != 0:
             raise ValueError(f"{where} must be a scalar, got shape {np.shape(value)}.")
         if spec.kind is int:
-            if not math.isfinite(float(value)) or float(value) != int(value):
+            whole = isinstance(value, (int, np.integer)) or (
+                math.isfinite(float(value)) and float(value) == int(value)
+            )
+            if not whole:
                 raise ValueError(f"{where} must be an integer, got {value!r}.")
             value = int(value)
         else:
@@ -169,6 +184,13 @@ def _check_value(method: str, spec: Option, value: Any) -> Any:
     ):
         bound = "<" if spec.open_high else "<="
         raise ValueError(f"{where} must be {bound} {spec.high}, got {value!r}.")
+    if isinstance(value, float) and not spec.static:
+        return _as_jax_float(value)
+    if spec.kind is int and isinstance(value, int):
+        # A count the loop compares with its int32 counters (nit, nfev): a larger value
+        # is no limit at all, as int32's largest is (2**31 stopped the solve at x0 with
+        # MAX_ITER, the comparison wrapping around).
+        return min(value, _LARGEST_COUNT)
     return value
 
 
