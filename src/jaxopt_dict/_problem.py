@@ -6,6 +6,7 @@ path instead of a stack trace from inside a compiled loop.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -344,6 +345,7 @@ def _abstract(tree: PyTree) -> PyTree:
 # record, since each holds the user's callables.
 _CHECKED: dict = {}
 _CHECKED_MAX = 256
+_CHECKED_LOCK = threading.Lock()  # solves may run in several threads
 
 
 class Objective(NamedTuple):
@@ -383,9 +385,10 @@ class Objective(NamedTuple):
         if key in _CHECKED:
             return
         self._check(x0, args)
-        if len(_CHECKED) >= _CHECKED_MAX:
-            _CHECKED.pop(next(iter(_CHECKED)))  # the oldest
-        _CHECKED[key] = None
+        with _CHECKED_LOCK:
+            if len(_CHECKED) >= _CHECKED_MAX:
+                _CHECKED.pop(next(iter(_CHECKED)))  # the oldest
+            _CHECKED[key] = None
 
     def _check(self, x0: PyTree, args: tuple) -> None:
         fun, jac, _ = self.bind(args)
