@@ -8,7 +8,7 @@ solver: throughput, the bytes per problem carried by the largest ``while_loop`` 
 or selected between, on every trip), and ns per problem per trip; then jaxopt_dict's
 L-BFGS / L-BFGS-B for several ``maxcor`` values, which shows how much of a trip is the
 limited-memory bookkeeping rather than ``fun`` itself (O(maxcor * n) per problem for the
-two-loop recursion that unbounded problems of at most 16 variables take, O(maxcor^2 + maxcor
+two-loop recursion that unbounded problems of at most 256 variables take, O(maxcor^2 + maxcor
 * n) for the compact form of larger or bounded ones).
 """
 

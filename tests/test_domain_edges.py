@@ -20,6 +20,7 @@ import pytest
 import scipy.optimize as so
 
 import jaxopt_dict as jd
+from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N
 
 LINE_SEARCH_METHODS = ["GD", "Newton", "L-BFGS", "L-BFGS-B"]
 
@@ -217,7 +218,7 @@ def test_fixed_step_methods_end_nonfinite_with_the_last_finite_iterate(method, o
     np.testing.assert_array_equal(np.asarray(res.x), np.asarray(before.x))
 
 
-@pytest.mark.parametrize("n", [2, 20])  # the two-loop form and the compact form
+@pytest.mark.parametrize("n", [2, TWO_LOOP_MAX_N + 4])  # the two-loop form, the compact form
 def test_a_value_that_overflows_in_x_dtype_is_rejected(n):
     """``fun`` returns float64 for a float32 x; past x[0] = 2 its value, -1e300, is
     -inf in x's dtype. The Wolfe test that skips the interpolation accepted it (single

@@ -23,6 +23,7 @@ from problems import (
 
 import jaxopt_dict as jd
 from jaxopt_dict.methods import resolve_method
+from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N
 from jaxopt_dict.methods.lbfgs.compact_stepper import compact_form_stepper
 from jaxopt_dict.methods.optax_rules import OptaxState
 
@@ -110,7 +111,7 @@ def test_first_trip_step_behaves_as_init(name, overrides, bounded):
     """``Stepper.step_starts``: on the first trip, ``step`` on a stale state (a finished
     problem's, as a ``minimize_batch`` lane has) gives ``init``'s trial, and the two states
     lead to the same trials and outcomes on the following trips."""
-    if name is None:  # the compact form without bounds (unbounded problems with n > 16)
+    if name is None:  # the compact form without bounds (unbounded problems with n > TWO_LOOP_MAX_N)
         stepper = compact_form_stepper(10, 20, bounded=False)
         method = resolve_method("L-BFGS")
     else:
@@ -542,8 +543,8 @@ STRUCTURE_CASES = [
         # The numerical inverse's inner solve is over physics only, never fun.
         "PG": ("PG", {"learning_rate": 0.5, "physics": _cubic_physics}, None),
     }.items()
-    # L-BFGS(-B): the two-loop stepper (n <= 16) and the compact form.
-    for size in ((3, 40) if name.startswith("L-BFGS") else (3,))
+    # L-BFGS(-B): the two-loop stepper (n <= TWO_LOOP_MAX_N) and the compact form.
+    for size in ((3, TWO_LOOP_MAX_N + 24) if name.startswith("L-BFGS") else (3,))
 ]
 
 

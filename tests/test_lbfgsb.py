@@ -192,7 +192,7 @@ def test_vmap_equals_single_solves(name, method):
 def test_vmap_equals_single_solves_compact_form():
     """The same for the compact form that unbounded problems above ``TWO_LOOP_MAX_N``
     variables take (a well-conditioned one: rounding stays in the last digits)."""
-    n = 3 * TWO_LOOP_MAX_N
+    n = TWO_LOOP_MAX_N + 8
     a = np.random.default_rng(0).normal(size=(2 * n, n)) / np.sqrt(n)
 
     def fun(x):

@@ -6,8 +6,9 @@ while the package's counters are int32, and ``jnp.eye`` is float64 whatever x is
 solve here runs inside the strict context, in float64 (x64 on), float32 with x64 on, and
 float32 with x64 off, on ``sum(w * (x - c)**2)`` whose minimizer is ``c`` (clipped to the
 box where there is one). The sizes pick the code paths: n = 3 runs L-BFGS's two-loop
-recursion, n = 20 the compact form (n > 16), and n = 70 with a box L-BFGS-B's windowed
-Cauchy point (n > 64).
+recursion (so does n = 20, where Newton takes its shifted Cholesky, n > 16), n = 260 the
+compact form without bounds (n > ``TWO_LOOP_MAX_N``), and n = 70 with a box L-BFGS-B's
+windowed Cauchy point (n > 64).
 
 x64 is switched on for this module by a fixture and restored after it; the x64-off cases
 switch it off around their solve only. Arrays are made inside each test, in its mode.
@@ -24,6 +25,7 @@ import optax
 import pytest
 
 import jaxopt_dict as jd
+from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N
 
 MODES = ("float64", "float32", "float32-x64-off")
 DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "float32-x64-off": jnp.float32}
@@ -56,6 +58,7 @@ def identity(x):
     return x
 
 
+COMPACT_N = TWO_LOOP_MAX_N + 4  # unbounded L-BFGS(-B) in the compact form
 SGD = optax.sgd(0.1)  # one object: every solve with it shares the cached method
 
 METHODS = {
@@ -86,6 +89,7 @@ def _solve_cases():
         x64_on = mode != "float32-x64-off"
         sizes = (3, 20) if x64_on else (20,)
         cases += [(name, n, False, mode) for n in sizes for name in METHODS]
+        cases += [(name, COMPACT_N, False, mode) for name in ("L-BFGS", "L-BFGS-B")]
         cases += [(name, 3, True, mode) for name in BOXED]
         if x64_on:
             cases.append(("L-BFGS-B-box", 70, True, mode))

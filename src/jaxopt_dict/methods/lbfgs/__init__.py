@@ -34,10 +34,10 @@ def _dispatch(maxcor: int, maxls: int, bounded: bool) -> Stepper:
     were given are static): L-BFGS-B proper with bounds; without, for small problems
     (``n <= TWO_LOOP_MAX_N``), the two-loop L-BFGS of ``two_loop.py``, which carries a few
     small arrays instead of the (2m)^2 compact matrices (1,000 vmapped 2-D Rosenbrocks
-    run 5.6x faster than in the compact form, one alone 1.9x, same nfev); for larger ones
-    the compact form (``compact_stepper.py``), whose few large products beat the
-    two-loop's 2m dependent passes (2x on one 1000-D Rosenbrock). All take scipy's
-    steps."""
+    run 5.6x faster than in the compact form, one alone 1.9x, same nfev) and compiles to
+    a smaller program; for larger ones the compact form (``compact_stepper.py``), whose
+    few large products beat the two-loop's 2m dependent passes (1.65x on one 1000-D
+    Rosenbrock; measurements in ``two_loop.py``). All take scipy's steps."""
     compact = compact_form_stepper(maxcor, maxls, bounded)
     two_loop = two_loop_stepper(maxcor, maxls)
 
