@@ -4,13 +4,22 @@ At each iterate the direction is the least-squares solution of ``J p = -f`` (min
 from one SVD; singular values below ``eps * max(m, n) * s_max`` dropped), the step is
 halved until the cost decreases by at least ``1e-4 * t * g^T p`` (non-finite trials are
 rejected the same way), at most ``maxls`` trials per iteration (matrix-free: the
-direction by conjugate gradients on Jacobian-vector products, with the evaluation). Stopping uses scipy's
-least-squares rules: ``ftol`` on the relative decrease of the cost, ``xtol`` on the step
+direction by conjugate gradients on Jacobian-vector products, with the evaluation).
+A step longer than ``1000 * max(||x0||, 1)`` is first shortened to that length (Dennis &
+Schnabel's ``maxstep``): where J is nearly singular the direction can be huge and still
+lower the cost (a saturated ``exp(-x t)`` sent x from 75 to 2e8), and scipy's ``xtol``,
+relative to ``||x||``, would then stop the next step at a point that is not stationary,
+as a success. Stopping uses scipy's
+least-squares rules: ``ftol`` on the relative decrease of the cost where the model agreed
+with it (scipy's "adequate agreement", trf's ratio > 0.25), ``xtol`` on the step
 relative to ``||x||`` (also a rejected trial's: the search no longer moves x), ``gtol`` on
 the gradient's inf-norm.
 
-Reference: J. Nocedal, S. J. Wright, "Numerical Optimization", 2nd ed., sec. 10.3
-(Gauss-Newton, eq. 10.23) and sec. 3.1 (Armijo condition, eq. 3.4).
+References: J. Nocedal, S. J. Wright, "Numerical Optimization", 2nd ed., sec. 10.3
+(Gauss-Newton, eq. 10.23) and sec. 3.1 (Armijo condition, eq. 3.4); J. E. Dennis,
+R. B. Schnabel, "Numerical Methods for Unconstrained Optimization and Nonlinear
+Equations" (1983), Alg. A6.3.1 (the step shortened to ``maxstep``) and sec. 7.2
+(``maxstep``'s default, ``1e3 * max(||x0||, 1)`` unscaled).
 """
 
 from __future__ import annotations
@@ -24,9 +33,16 @@ import jax.numpy as jnp
 from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, Status
 from jaxopt_dict._tree import ravel, vary_over_manual_axes
-from jaxopt_dict.lsq_methods._common import factorize, init_from_step, resolvable, safe_div
+from jaxopt_dict.lsq_methods._common import (
+    factorize,
+    init_from_step,
+    resolvable,
+    safe_div,
+    scaled_norm,
+)
 
 _ARMIJO = 1e-4
+_MAX_STEP = 1e3  # Dennis & Schnabel's maxstep, in units of max(||x0||, 1)
 
 
 class GaussNewtonState(NamedTuple):
@@ -37,6 +53,7 @@ class GaussNewtonState(NamedTuple):
     t: jax.Array  # the step length of the pending trial
     slope: jax.Array  # g^T direction (< 0)
     trials: jax.Array  # trials of this iteration's search so far
+    max_step: jax.Array  # the longest step tried: 1e3 * max(||x0||, 1)
 
 
 def make(opts: Mapping[str, Any]) -> Stepper:
@@ -53,7 +70,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         if state is None:
             zero = jnp.zeros((), dtype)
             vector = jnp.zeros(n, dtype)
-            state = GaussNewtonState(vector, zero, vector, vector, zero, zero, jnp.asarray(0))
+            state = GaussNewtonState(vector, zero, vector, vector, zero, zero, jnp.asarray(0), zero)
             state = vary_over_manual_axes(state)  # as the loop's carry is (shard_map)
         cost_new = ev.f.astype(dtype)
         finite = jnp.isfinite(cost_new)
@@ -69,7 +86,14 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         xtol_x = resolvable(xtol, ev.x)
         moved = jnp.linalg.norm(x_new - state.x)
         xtol_met = ~first & (moved < xtol_x * (xtol_x + jnp.linalg.norm(state.x)))
-        ftol_met = accepted & (decrease < resolvable(ftol, ev.x) * state.cost)
+        # scipy's ftol: a small relative decrease, where the quadratic model agreed with
+        # the cost (its ratio > 0.25, as trf's). Along t * p the Gauss-Newton model
+        # lowers the cost by t (1 - t / 2) (-g^T p), since ||J p||^2 = -g^T p. A decrease
+        # that is small because the model failed (a search that backtracked far) is no
+        # convergence.
+        predicted = state.t * (1.0 - 0.5 * state.t) * -state.slope
+        agreed = decrease > 0.25 * predicted
+        ftol_met = accepted & agreed & (decrease < resolvable(ftol, ev.x) * state.cost)
         stop = jnp.where(ftol_met, Status.FTOL, jnp.where(xtol_met, Status.XTOL, RUNNING))
 
         pick = lambda new, old: jnp.where(new_point, new, old)
@@ -79,15 +103,27 @@ def make(opts: Mapping[str, Any]) -> Stepper:
 
         def direction():
             uf, s, V = factorize(J_new, f_new)
-            kept = s > jnp.finfo(dtype).eps * max(m, n) * s[0]
-            return -V @ jnp.where(kept, safe_div(uf, s), 0)
+            minimum_norm = lambda cut: -V @ jnp.where(s > cut * s[0], safe_div(uf, s), 0)
+            eps = jnp.finfo(dtype).eps
+            p = minimum_norm(eps * max(m, n))
+            # Nearly orthogonal to the gradient (the angle condition, Nocedal & Wright
+            # eq. 3.12, fails): p lies along a singular value J barely resolves. Such steps
+            # barely lower the cost, so scipy's ftol stopped on them with a gradient far
+            # from 0. The directions J resolves to sqrt(eps) are taken instead; either way
+            # ||J p||^2 = -g^T p (the ftol test's model above).
+            cosine = safe_div(-(g_new @ p), scaled_norm(g_new) * scaled_norm(p))
+            return jnp.where(cosine < jnp.sqrt(eps), minimum_norm(jnp.sqrt(eps)), p)
 
         if B is not None:  # conjugate gradients found it with the evaluation
             d = pick(B[:, 1], state.direction)
         else:
             d = jax.lax.cond(new_point, direction, lambda: state.direction)
-        t = jnp.where(new_point, 1.0, 0.5 * state.t)
-        new_state = GaussNewtonState(x, cost, g, d, t.astype(dtype), g @ d, trials)
+        x0_size = jnp.maximum(scaled_norm(x_new), 1.0)
+        max_step = jnp.where(first, _MAX_STEP * x0_size, state.max_step).astype(dtype)
+        length = scaled_norm(d)
+        full = jnp.where(length > max_step, max_step / length, 1.0)  # Alg. A6.3.1, step 2
+        t = jnp.where(new_point, full, 0.5 * state.t)
+        new_state = GaussNewtonState(x, cost, g, d, t.astype(dtype), g @ d, trials, max_step)
         return new_state, unravel(x + t * d), StepOutcome(accepted, failed, stop=stop)
 
     return Stepper(
