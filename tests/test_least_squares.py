@@ -461,6 +461,7 @@ SATURATING_FITS = [
     ((0.4025, -0.9256, 1.4815, -1.1624, 1.5227), (0.5441, -0.6854, 0.8118), "linear", 1.0),
     ((-1.9839, 1.4887, -1.029, 0.6042, -0.0636), (0.8656, 1.1422, 1.1992), "huber", 2.1023),
     ((0.5004, 1.5889, 1.1027, -1.0992, -0.7993), (1.1207, -1.4842, 0.9637), "soft_l1", 0.1277),
+    ((-0.0625, 1.3933, 0.6941, 0.505, 1.9033), (0.5784, -1.1093, 0.0781), "cauchy", 0.0672),
 ]
 
 
@@ -474,46 +475,64 @@ def _saturating(x, p):
     )
 
 
-@pytest.mark.parametrize("fit", range(len(SATURATING_FITS)))
-def test_gauss_newton_claims_success_only_near_a_stationary_point(fit):
-    """A huge step along a nearly null direction of J, or steps nearly orthogonal to the
+def test_gauss_newton_claims_success_only_near_a_stationary_point():
+    """A huge step along a nearly null direction of J, or a step nearly orthogonal to the
     gradient, ended these fits with success far from a stationary point: fits 0, 1, 3
-    and 4 before (XTOL, optimality 0.07-0.15; trf and scipy reach costs up to 10x lower),
-    fit 2 without the direction rule below, fit 3 without the model's agreement.
-    Now a step is capped at 1000 max(||x0||, 1) (Dennis & Schnabel's maxstep), such a
-    direction gives way to those J resolves, and ftol asks the model to agree with the
-    decrease (scipy's definition)."""
-    p, x0, loss, f_scale = SATURATING_FITS[fit]
-    res = jd.least_squares(
-        _saturating,
-        jnp.asarray(x0),
-        args=(jnp.asarray(p),),
-        method="gauss-newton",
-        loss=loss,
-        f_scale=f_scale,
-    )
-    assert np.isfinite(float(res.cost))
-    if bool(res.success):
-        # ftol may stop a slow (linear) Gauss-Newton convergence a little short: the
-        # second fit ends FTOL at scipy trf's cost (4.76831333) with optimality 2.6e-4.
-        assert float(res.optimality) < 1e-3, (res.message, float(res.optimality), res.x)
+    and 4 (XTOL at optimality 0.07-0.15; trf and scipy reach costs up to 10x lower), and
+    fit 5 (FTOL at 3.4e-2, cost 0.150 against 0.076) without the direction rule. Now a
+    step is capped at 1000 max(||x||, 1) (Dennis & Schnabel's maxstep), such a direction
+    gives way to those J resolves, and ftol asks the model to agree with the decrease
+    (scipy's definition). All but fit 2 (MAX_ITER) succeed, within scipy's rules of a
+    stationary point: where the exp saturates x0 is ~7e4, and xtol, relative to ||x||,
+    stops slow steps at optimality up to 3.5e-3 (fit 3, at scipy trf's cost 3.2355)."""
+    succeeded = 0
+    for p, x0, loss, f_scale in SATURATING_FITS:
+        res = jd.least_squares(
+            _saturating,
+            jnp.asarray(x0),
+            args=(jnp.asarray(p),),
+            method="gauss-newton",
+            loss=loss,
+            f_scale=f_scale,
+        )
+        assert np.isfinite(float(res.cost))
+        if bool(res.success):
+            succeeded += 1
+            assert float(res.optimality) < 1e-2, (res.message, float(res.optimality), res.x)
+    assert succeeded >= len(SATURATING_FITS) - 1  # all but fit 2
 
 
 def test_gauss_newton_caps_a_runaway_step():
-    """The first fit above: the step to 2e8 is capped, and the fit ends at the stationary
-    point it reaches with exp(-x0 t) saturated (x0 = 1590 = 75 + the cap)."""
+    """The first fit above: the step to 2e8 is capped (at 1000 ||x|| from x0 = 75), and
+    the fit ends at the stationary point it reaches with exp(-x0 t) saturated."""
     p, x0, _, _ = SATURATING_FITS[0]
     res = jd.least_squares(
         _saturating, jnp.asarray(x0), args=(jnp.asarray(p),), method="gauss-newton"
     )
-    assert bool(res.success) and float(res.optimality) < 1e-5, (res.message, res.optimality)
-    cap = 1e3 * np.linalg.norm(x0)  # ||x0|| > 1
-    assert 75.0 < float(res.x[0]) <= 75.0 + cap, res.x
+    assert bool(res.success) and float(res.optimality) < 1e-4, (res.message, res.optimality)
+    assert 75.0 < float(res.x[0]) < 1e5, res.x
+
+
+def test_gauss_newton_reaches_a_far_solution_in_a_few_steps():
+    """The step cap grows with x: a solution 1e6 away from x0 = 0 takes one capped step
+    (to 1000) and then the full one (a cap fixed at 1000 max(||x0||, 1) took 100
+    evaluations and stopped MAX_ITER)."""
+    res = jd.least_squares(lambda x: x - 1e6, jnp.zeros(2), method="gauss-newton")
+    assert int(res.status) == jd.Status.CONVERGED and int(res.nfev) <= 4, res
+    np.testing.assert_allclose(res.x, [1e6, 1e6], rtol=1e-12)
 
 
 def test_gauss_newton_solves_the_zoo_it_can():
     """Gauss-Newton (line search) reaches scipy's minimum on well-posed problems."""
-    for name in ["bard", "box_3d", "osborne_1", "Misra1a-start2", "Thurber-start2"]:
+    # brown_badly_scaled: x* = (1e6, 2e-6, ...) from (1, 1): far from x0.
+    for name in [
+        "bard",
+        "box_3d",
+        "osborne_1",
+        "Misra1a-start2",
+        "Thurber-start2",
+        "brown_badly_scaled",
+    ]:
         problem = BY_NAME[name]
         ref = scipy_solve(problem, "trf")
         res = our_solve(problem, "gauss-newton")

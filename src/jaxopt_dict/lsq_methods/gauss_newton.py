@@ -5,11 +5,11 @@ from one SVD; singular values below ``eps * max(m, n) * s_max`` dropped), the st
 halved until the cost decreases by at least ``1e-4 * t * g^T p`` (non-finite trials are
 rejected the same way), at most ``maxls`` trials per iteration (matrix-free: the
 direction by conjugate gradients on Jacobian-vector products, with the evaluation).
-A step longer than ``1000 * max(||x0||, 1)`` is first shortened to that length (Dennis &
-Schnabel's ``maxstep``): where J is nearly singular the direction can be huge and still
-lower the cost (a saturated ``exp(-x t)`` sent x from 75 to 2e8), and scipy's ``xtol``,
-relative to ``||x||``, would then stop the next step at a point that is not stationary,
-as a success. Stopping uses scipy's
+A step longer than ``1000 * max(||x||, 1)`` is first shortened to that length (Dennis &
+Schnabel's ``maxstep``, relative to the iterate, so a far solution is reached in a few
+steps): where J is nearly singular the direction can be huge and still lower the cost (a
+saturated ``exp(-x t)`` sent x from 75 to 2e8), and scipy's ``xtol``, relative to
+``||x||``, would then stop the next step at a point that is not stationary, as a success. Stopping uses scipy's
 least-squares rules: ``ftol`` on the relative decrease of the cost where the model agreed
 with it (scipy's "adequate agreement", trf's ratio > 0.25), ``xtol`` on the step
 relative to ``||x||`` (also a rejected trial's: the search no longer moves x), ``gtol`` on
@@ -19,7 +19,7 @@ References: J. Nocedal, S. J. Wright, "Numerical Optimization", 2nd ed., sec. 10
 (Gauss-Newton, eq. 10.23) and sec. 3.1 (Armijo condition, eq. 3.4); J. E. Dennis,
 R. B. Schnabel, "Numerical Methods for Unconstrained Optimization and Nonlinear
 Equations" (1983), Alg. A6.3.1 (the step shortened to ``maxstep``) and sec. 7.2
-(``maxstep``'s default, ``1e3 * max(||x0||, 1)`` unscaled).
+(``maxstep``'s default, ``1e3 * max(||x0||, 1)`` unscaled; here x in place of x0).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from jaxopt_dict.lsq_methods._common import (
 )
 
 _ARMIJO = 1e-4
-_MAX_STEP = 1e3  # Dennis & Schnabel's maxstep, in units of max(||x0||, 1)
+_MAX_STEP = 1e3  # Dennis & Schnabel's maxstep, in units of max(||x||, 1)
 
 
 class GaussNewtonState(NamedTuple):
@@ -53,7 +53,6 @@ class GaussNewtonState(NamedTuple):
     t: jax.Array  # the step length of the pending trial
     slope: jax.Array  # g^T direction (< 0)
     trials: jax.Array  # trials of this iteration's search so far
-    max_step: jax.Array  # the longest step tried: 1e3 * max(||x0||, 1)
 
 
 def make(opts: Mapping[str, Any]) -> Stepper:
@@ -70,7 +69,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         if state is None:
             zero = jnp.zeros((), dtype)
             vector = jnp.zeros(n, dtype)
-            state = GaussNewtonState(vector, zero, vector, vector, zero, zero, jnp.asarray(0), zero)
+            state = GaussNewtonState(vector, zero, vector, vector, zero, zero, jnp.asarray(0))
             state = vary_over_manual_axes(state)  # as the loop's carry is (shard_map)
         cost_new = ev.f.astype(dtype)
         finite = jnp.isfinite(cost_new)
@@ -91,8 +90,9 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         # lowers the cost by t (1 - t / 2) (-g^T p), since ||J p||^2 = -g^T p. A decrease
         # that is small because the model failed (a search that backtracked far) is no
         # convergence.
+        # (No predicted decrease, p = 0: the ratio is taken as 1, as scipy does.)
         predicted = state.t * (1.0 - 0.5 * state.t) * -state.slope
-        agreed = decrease > 0.25 * predicted
+        agreed = (decrease > 0.25 * predicted) | (predicted <= 0)
         ftol_met = accepted & agreed & (decrease < resolvable(ftol, ev.x) * state.cost)
         stop = jnp.where(ftol_met, Status.FTOL, jnp.where(xtol_met, Status.XTOL, RUNNING))
 
@@ -118,12 +118,11 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             d = pick(B[:, 1], state.direction)
         else:
             d = jax.lax.cond(new_point, direction, lambda: state.direction)
-        x0_size = jnp.maximum(scaled_norm(x_new), 1.0)
-        max_step = jnp.where(first, _MAX_STEP * x0_size, state.max_step).astype(dtype)
+        max_step = _MAX_STEP * jnp.maximum(scaled_norm(x), 1.0)
         length = scaled_norm(d)
         full = jnp.where(length > max_step, max_step / length, 1.0)  # Alg. A6.3.1, step 2
         t = jnp.where(new_point, full, 0.5 * state.t)
-        new_state = GaussNewtonState(x, cost, g, d, t.astype(dtype), g @ d, trials, max_step)
+        new_state = GaussNewtonState(x, cost, g, d, t.astype(dtype), g @ d, trials)
         return new_state, unravel(x + t * d), StepOutcome(accepted, failed, stop=stop)
 
     return Stepper(
