@@ -5,15 +5,20 @@ from one SVD; singular values below ``eps * max(m, n) * s_max`` dropped), the st
 halved until the cost decreases by at least ``1e-4 * t * g^T p`` (non-finite trials are
 rejected the same way), at most ``maxls`` trials per iteration (matrix-free: the
 direction by conjugate gradients on Jacobian-vector products, with the evaluation).
-A step longer than ``1000 * max(||x||, 1)`` is first shortened to that length (Dennis &
-Schnabel's ``maxstep``, relative to the iterate, so a far solution is reached in a few
-steps): where J is nearly singular the direction can be huge and still lower the cost (a
+
+Where J is nearly singular the direction can be huge and still lower the cost (a
 saturated ``exp(-x t)`` sent x from 75 to 2e8), and scipy's ``xtol``, relative to
-``||x||``, would then stop the next step at a point that is not stationary, as a success. Stopping uses scipy's
-least-squares rules: ``ftol`` on the relative decrease of the cost where the model agreed
-with it (scipy's "adequate agreement", trf's ratio > 0.25), ``xtol`` on the step
-relative to ``||x||`` (also a rejected trial's: the search no longer moves x), ``gtol`` on
-the gradient's inf-norm.
+``||x||``, would then stop the next step at a point that is not stationary, as a
+success. So a step longer than ``1000 * max(||x||, 1)`` is first shortened to that
+length (Dennis & Schnabel's ``maxstep``, relative to the iterate so that a far solution
+is still reached in a few steps), and a direction nearly orthogonal to the gradient
+gives way (with the Jacobian formed) to the one over the singular values J resolves
+to ``sqrt(eps)``.
+
+Stopping uses scipy's least-squares rules: ``ftol`` on the relative decrease of the cost
+where the model agreed with it (scipy's "adequate agreement", trf's ratio > 0.25),
+``xtol`` on the step relative to ``||x||`` (also a rejected trial's: the search no longer
+moves x), ``gtol`` on the gradient's inf-norm.
 
 References: J. Nocedal, S. J. Wright, "Numerical Optimization", 2nd ed., sec. 10.3
 (Gauss-Newton, eq. 10.23) and sec. 3.1 (Armijo condition, eq. 3.4); J. E. Dennis,
@@ -88,9 +93,8 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         # scipy's ftol: a small relative decrease, where the quadratic model agreed with
         # the cost (its ratio > 0.25, as trf's). Along t * p the Gauss-Newton model
         # lowers the cost by t (1 - t / 2) (-g^T p), since ||J p||^2 = -g^T p. A decrease
-        # that is small because the model failed (a search that backtracked far) is no
-        # convergence.
-        # (No predicted decrease, p = 0: the ratio is taken as 1, as scipy does.)
+        # that is small because the model failed is no convergence. With no predicted
+        # decrease (p = 0) the ratio is taken as 1, as scipy does.
         predicted = state.t * (1.0 - 0.5 * state.t) * -state.slope
         agreed = (decrease > 0.25 * predicted) | (predicted <= 0)
         ftol_met = accepted & agreed & (decrease < resolvable(ftol, ev.x) * state.cost)
