@@ -503,8 +503,8 @@ def test_gauss_newton_claims_success_only_near_a_stationary_point():
 
 
 def test_gauss_newton_caps_a_runaway_step():
-    """The first fit above: the step to 2e8 is capped (at 1000 ||x|| from x0 = 75), and
-    the fit ends at the stationary point it reaches with exp(-x0 t) saturated."""
+    """The first fit above: the step from x[0] = 75 to 2e8 is capped at 1000 ||x||, and
+    the fit ends at the stationary point it reaches with exp(-x[0] t) saturated."""
     p, x0, _, _ = SATURATING_FITS[0]
     res = jd.least_squares(
         _saturating, jnp.asarray(x0), args=(jnp.asarray(p),), method="gauss-newton"
@@ -514,9 +514,9 @@ def test_gauss_newton_caps_a_runaway_step():
 
 
 def test_gauss_newton_reaches_a_far_solution_in_a_few_steps():
-    """The step cap grows with x: a solution 1e6 away from x0 = 0 takes one capped step
-    (to 1000) and then the full one (a cap fixed at 1000 max(||x0||, 1) took 100
-    evaluations and stopped MAX_ITER)."""
+    """The step cap grows with x: a solution 1.4e6 away from x0 = 0 takes two capped
+    steps (of 1000, then 1e6) and then the full one (a cap fixed at 1000 max(||x0||, 1)
+    took 100 evaluations and stopped MAX_ITER)."""
     res = jd.least_squares(lambda x: x - 1e6, jnp.zeros(2), method="gauss-newton")
     assert int(res.status) == jd.Status.CONVERGED and int(res.nfev) <= 4, res
     np.testing.assert_allclose(res.x, [1e6, 1e6], rtol=1e-12)
