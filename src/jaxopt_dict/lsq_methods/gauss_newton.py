@@ -23,8 +23,8 @@ moves x), ``gtol`` on the gradient's inf-norm.
 References: J. Nocedal, S. J. Wright, "Numerical Optimization", 2nd ed., sec. 10.3
 (Gauss-Newton, eq. 10.23) and sec. 3.1 (Armijo condition, eq. 3.4); J. E. Dennis,
 R. B. Schnabel, "Numerical Methods for Unconstrained Optimization and Nonlinear
-Equations" (1983), Alg. A6.3.1 (the step shortened to ``maxstep``) and sec. 7.2
-(``maxstep``'s default, ``1e3 * max(||x0||, 1)`` unscaled; here x in place of x0).
+Equations" (1983), Alg. A6.3.1 (the step shortened to ``maxstep``; their suggested
+default is ``1e3 * max(||x0||, 1)`` unscaled, here with x in place of x0).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             d = jax.lax.cond(new_point, direction, lambda: state.direction)
         max_step = _MAX_STEP * jnp.maximum(scaled_norm(x), 1.0)
         length = scaled_norm(d)
-        full = jnp.where(length > max_step, max_step / length, 1.0)  # Alg. A6.3.1, step 2
+        full = jnp.where(length > max_step, max_step / length, 1.0)  # Alg. A6.3.1
         t = jnp.where(new_point, full, 0.5 * state.t)
         new_state = GaussNewtonState(x, cost, g, d, t.astype(dtype), g @ d, trials)
         return new_state, unravel(x + t * d), StepOutcome(accepted, failed, stop=stop)
