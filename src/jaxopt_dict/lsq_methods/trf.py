@@ -43,6 +43,7 @@ from jaxopt_dict.lsq_methods._common import (
     solve_trust_region,
     subspace,
     update_tr_radius,
+    xtol_met,
 )
 
 
@@ -116,11 +117,9 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         stop = check_termination(
             actual,
             state.cost,
-            state.step_norm,
-            jnp.linalg.norm(state.x),
             ratio,
             resolvable(ftol, ev.x),
-            resolvable(xtol, ev.x),
+            xtol_met(state.step_norm, state.x, x_new - state.x, xtol, ev.x),
         )
         stop = jnp.where(finite & ~first, stop, RUNNING)
         alpha = jnp.where(finite, state.alpha * safe_div(state.Delta, Delta_new), state.alpha)
