@@ -546,11 +546,27 @@ def test_gauss_newton_claims_success_only_near_a_stationary_point():
     assert succeeded >= len(SATURATING_FITS) - 1  # all but fit 2
 
 
+def test_gauss_newton_unscaled_direction_under_vmap_matches_single_fits():
+    """The fits with the linear loss, vmapped: the trips that evaluate x again for the
+    unscaled direction (fit 0 meets a nearly flat one: 9 evaluations, not 8) keep each
+    lane its single fit's iterates and counts."""
+    fits = [fit for fit in SATURATING_FITS if fit[2] == "linear"]
+    x0 = jnp.asarray([fit[1] for fit in fits])
+    p = jnp.asarray([fit[0] for fit in fits])
+    solve = lambda x0, p: jd.least_squares(_saturating, x0, args=(p,), method="gauss-newton")
+    batch = jax.vmap(solve)(x0, p)
+    for i in range(len(fits)):
+        single = solve(x0[i], p[i])
+        np.testing.assert_allclose(np.asarray(batch.x[i]), np.asarray(single.x), rtol=1e-12)
+        assert int(batch.nfev[i]) == int(single.nfev) and int(batch.status[i]) == int(single.status)
+
+
 def test_gauss_newton_caps_a_runaway_step():
     """The first fit above: the step from x[0] = 75 to 2e8 (longer than the cap,
-    1000 max(||x||, 1)) gives way to the directions J resolves to sqrt(eps), and the fit
-    ends at the stationary point it reaches with exp(-x[0] t) saturated. (Capping that
-    step instead sent x[0] to 7.5e4, where it ended at optimality 2.6e-5.)"""
+    1000 max(||x||, 1), with J's columns 1e-11 apart) gives way to the directions J
+    resolves to sqrt(eps), and the fit ends at the stationary point it reaches with
+    exp(-x[0] t) saturated. (Capping that step instead sent x[0] to 7.5e4, where the fit
+    ended at optimality 2.6e-5.)"""
     p, x0, _, _ = SATURATING_FITS[0]
     res = jd.least_squares(
         _saturating, jnp.asarray(x0), args=(jnp.asarray(p),), method="gauss-newton"
