@@ -64,9 +64,10 @@ def xtol_met(
 
     The floor is per coordinate because x's resolution is: flooring ``xtol`` at eps in the
     norm test (as before) stopped float32 solves whose small coordinates still moved by
-    percents (NIST Misra1a, b = (250, 5e-4): a full Gauss-Newton step changing b2 by 3e-5
-    is below eps ||b| = 3e-5), as successes far from the minimum. Where ``xtol >= eps``
-    the floor adds nothing: it implies ``||dx|| <= eps ||x|| <= xtol ||x||``."""
+    percents, as successes far from the minimum (Brown's badly scaled problem with "trf":
+    optimality 4.2e3; with b = (250, 5e-4), a step moving b2 by 3e-5, 6%, is below
+    eps ||b||). Where ``xtol >= eps`` the floor adds nothing: it implies
+    ``||dx|| <= eps ||x|| <= xtol ||x||``."""
     eps = max(float(jnp.finfo(jnp.result_type(leaf)).eps) for leaf in jax.tree.leaves(like))
     scipy_test = step_norm < xtol * (xtol + jnp.linalg.norm(x))
     unresolved = jnp.all(jnp.abs(moved) <= eps * jnp.abs(x))
