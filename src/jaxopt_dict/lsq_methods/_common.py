@@ -47,10 +47,15 @@ def init_from_step(step: Any) -> Any:
     return init
 
 
+def _coarsest_eps(x: Any) -> float:
+    """The eps of x's least precise leaf."""
+    return max(float(jnp.finfo(jnp.result_type(leaf)).eps) for leaf in jax.tree.leaves(x))
+
+
 def resolvable(tol: jax.Array, x: Any) -> jax.Array:
     """A relative tolerance on x floored at what x's least precise leaf resolves (its
     eps; the SPEC's float32 floor), unless it is 0 (the test turned off)."""
-    eps = max(float(jnp.finfo(jnp.result_type(leaf)).eps) for leaf in jax.tree.leaves(x))
+    eps = _coarsest_eps(x)
     return jnp.where(tol > 0, jnp.maximum(tol, eps), 0.0)
 
 
@@ -68,7 +73,7 @@ def xtol_met(
     optimality 4.2e3; with b = (250, 5e-4), a step moving b2 by 3e-5, 6%, is below
     eps ||b||). Where ``xtol >= eps`` the floor adds nothing: it implies
     ``||dx|| <= eps ||x|| <= xtol ||x||``."""
-    eps = max(float(jnp.finfo(jnp.result_type(leaf)).eps) for leaf in jax.tree.leaves(like))
+    eps = _coarsest_eps(like)
     scipy_test = step_norm < xtol * (xtol + jnp.linalg.norm(x))
     unresolved = jnp.all(jnp.abs(moved) <= eps * jnp.abs(x))
     return scipy_test | ((xtol > 0) & unresolved)
@@ -344,11 +349,11 @@ def update_tr_radius(Delta, actual_reduction, predicted_reduction, step_norm, bo
     return Delta, ratio
 
 
-def check_termination(dF, F, ratio, ftol, xtol_met) -> jax.Array:
+def check_termination(dF, F, ratio, ftol, x_converged) -> jax.Array:
     """scipy's ``ftol`` (``dF < ftol * F`` on a trusted model, ratio > 0.25) and ``xtol``
-    (``xtol_met``) tests as a status (FTOL when both hold)."""
+    (``x_converged``, from ``xtol_met``) tests as a status (FTOL when both hold)."""
     ftol_met = (dF < ftol * F) & (ratio > 0.25)
-    return jnp.where(ftol_met, Status.FTOL, jnp.where(xtol_met, Status.XTOL, RUNNING))
+    return jnp.where(ftol_met, Status.FTOL, jnp.where(x_converged, Status.XTOL, RUNNING))
 
 
 def jac_scale(J: jax.Array, scale_inv_old: jax.Array | None = None) -> jax.Array:
