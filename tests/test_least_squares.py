@@ -233,12 +233,26 @@ def test_float32_robust(method):
 # xtol, relative to ||x|| and floored at float32's eps in the norm, stopped a step that
 # still moved a small coordinate by percents, as a success at optimality 4.2e3 (cost 8.8e-6
 # against 0; session 26's sweep of the zoo in float32).
-BADLY_SCALED_FLOAT32 = [("trf", "brown_badly_scaled")]
+# Gauss-Newton does not solve such fits in float32 yet (docs/least-squares.md): its rank cut,
+# relative to J's largest singular value, drops the small column's direction, and the
+# solve ends at XTOL as a success far from the minimum (Misra1a from NIST's start 1:
+# 2 * cost 19.5 against 0.1246; Brown's: 6.2e-8 against 0). Strict: a fix makes them pass,
+# and then the marks go.
+_GAUSS_NEWTON_OPEN = pytest.mark.xfail(
+    strict=True, reason="float32 Gauss-Newton drops a badly scaled column's direction"
+)
+BADLY_SCALED_FLOAT32 = [
+    ("trf", "brown_badly_scaled"),
+    ("lm", "Misra1a-start1"),
+    pytest.param("gauss-newton", "Misra1a-start1", marks=_GAUSS_NEWTON_OPEN),
+    pytest.param("gauss-newton", "brown_badly_scaled", marks=_GAUSS_NEWTON_OPEN),
+]
 
 
 @pytest.mark.parametrize(("method", "name"), BADLY_SCALED_FLOAT32)
 def test_float32_badly_scaled_fits_reach_the_minimum(method, name):
-    """The solve ends in success at the float64 minimum, to float32 accuracy."""
+    """The solve ends in success at the minimum (NIST's certified cost), to float32
+    accuracy."""
     problem = BY_NAME[name]
     res = jd.least_squares(problem.residuals, jnp.asarray(problem.x0, jnp.float32),
                            method=method)  # fmt: skip
