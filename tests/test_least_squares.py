@@ -236,8 +236,8 @@ def test_float32_robust(method):
 # Gauss-Newton does not solve such fits in float32 yet (docs/least-squares.md): its rank cut,
 # relative to J's largest singular value, drops the small column's direction, and the
 # solve ends at XTOL as a success far from the minimum (Misra1a from NIST's start 1:
-# 2 * cost 19.5 against 0.1246; Brown's: 6.2e-8 against 0). Strict: a fix makes them pass,
-# and then the marks go.
+# 2 * cost 19.5 against 0.1246; Brown's: 2 * cost 6.2e-8 against 0). Strict: a fix makes
+# them pass, and then the marks go.
 _GAUSS_NEWTON_OPEN = pytest.mark.xfail(
     strict=True, reason="float32 Gauss-Newton drops a badly scaled column's direction"
 )
@@ -251,8 +251,8 @@ BADLY_SCALED_FLOAT32 = [
 
 @pytest.mark.parametrize(("method", "name"), BADLY_SCALED_FLOAT32)
 def test_float32_badly_scaled_fits_reach_the_minimum(method, name):
-    """The solve ends in success at the minimum (NIST's certified cost), to float32
-    accuracy."""
+    """The solve ends in success at the known minimum (``f_min``: NIST's certified sum of
+    squares, or the MGH paper's), to float32 accuracy."""
     problem = BY_NAME[name]
     res = jd.least_squares(problem.residuals, jnp.asarray(problem.x0, jnp.float32),
                            method=method)  # fmt: skip
