@@ -232,7 +232,8 @@ def test_float32_robust(method):
 # A float32 fit whose variables differ in size by orders of magnitude, where scipy's
 # xtol, relative to ||x|| and floored at float32's eps in the norm, stopped a step that
 # still moved a small coordinate by percents, as a success at optimality 4.2e3 (cost 8.8e-6
-# against 0; session 26's sweep of the zoo in float32).
+# against 0, found by sweeping the zoo in float32). "lm" (no rank cut, columns scaled) is
+# kept on NIST Misra1a, b = (500, 1e-4) at the start, as a case Gauss-Newton fails.
 # Gauss-Newton does not solve such fits in float32 yet (docs/least-squares.md): its rank cut,
 # relative to J's largest singular value, drops the small column's direction, and the
 # solve ends at XTOL as a success far from the minimum (Misra1a from NIST's start 1:
@@ -570,7 +571,7 @@ def test_gauss_newton_takes_a_long_step_along_a_small_column():
     """A linear fit whose solution lies 1e10 away along a variable whose column is 1e-8 of
     the others: the long Gauss-Newton step is right, and capped it arrives in a few
     steps. (Taking such a step for one along which J is nearly flat, and cutting J's SVD
-    at sqrt(eps), drops that variable: a variant of session 26 stopped FTOL at cost 5e3
+    at sqrt(eps), drops that variable: a variant that did so stopped FTOL at cost 5e3
     with x[1] = 1.)"""
     residuals = lambda x: jnp.stack([x[0] - 1.0, 1e-8 * (x[1] - 1e10), 0.1 * (x[0] - 1.0)])
     res = jd.least_squares(residuals, jnp.asarray([0.0, 1.0]), method="gauss-newton")
