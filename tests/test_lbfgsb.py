@@ -18,7 +18,7 @@ from scipy.optimize._dcsrch import DCSRCH
 
 import jaxopt_dict as jd
 from jaxopt_dict._options import resolve_options
-from jaxopt_dict._tree import projected_gradient
+from jaxopt_dict._tree import projected_gradient, tracing_batched_solve
 from jaxopt_dict.methods import lbfgs
 from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N, compact, two_loop
 from jaxopt_dict.methods.lbfgs.cauchy import cauchy_point
@@ -323,9 +323,9 @@ LINE_FUNCTIONS = {  # Moré & Thuente (1994), sec. 5, and two easy ones
 }
 
 
-def drive(phi, dphi, stp, stpmax=1e10, budget=40):
+def drive(phi, dphi, stp, stpmax=1e10, budget=40, stacked=False):
     """Run a search to its end; returns (trial steps, task)."""
-    search = more_thuente_start(phi(0.0), dphi(0.0), stp, stpmax)
+    search = more_thuente_start(phi(0.0), dphi(0.0), stp, stpmax, stacked=stacked)
     trials = []
     advance = jax.jit(more_thuente_advance)
     for _ in range(budget):
@@ -349,11 +349,12 @@ def drive_scipy(phi, dphi, stp, stpmax=1e10):
     raise AssertionError("no end")
 
 
+@pytest.mark.parametrize("stacked", [False, True], ids=["per-field", "stacked"])
 @pytest.mark.parametrize("name", sorted(LINE_FUNCTIONS))
 @pytest.mark.parametrize("stp", [1e-3, 0.1, 1.0, 10.0, 1e3])
-def test_more_thuente_strong_wolfe_and_scipy_trials(name, stp):
+def test_more_thuente_strong_wolfe_and_scipy_trials(name, stp, stacked):
     phi, dphi = LINE_FUNCTIONS[name]
-    trials, task = drive(phi, dphi, stp)
+    trials, task = drive(phi, dphi, stp, stacked=stacked)
     ref_trials, ref_task = drive_scipy(phi, dphi, stp)
     np.testing.assert_allclose(trials, ref_trials, rtol=1e-12)
     assert (task == WolfeTask.CONVERGED) == ref_task.startswith(b"CONV")
@@ -373,12 +374,33 @@ def test_more_thuente_named_warnings():
     assert task == WolfeTask.WARN_XTOL
 
 
-def test_more_thuente_state_stays_finite_and_typed():
-    search = more_thuente_start(1.0, -1.0, 1.0, 10.0)
+@pytest.mark.parametrize("stacked", [False, True], ids=["per-field", "stacked"])
+def test_more_thuente_state_stays_finite_and_typed(stacked):
+    search = more_thuente_start(1.0, -1.0, 1.0, 10.0, stacked=stacked)
     # Degenerate inputs: zero slope change and equal values (0/0 in the interpolation).
     nxt, _ = more_thuente_advance(search, 1.0, -1.0)
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(nxt))
     assert jax.tree.map(lambda v: v.dtype, nxt) == jax.tree.map(lambda v: v.dtype, search)
+    # The layout is kept, and a field set by ``replaced`` reads back.
+    assert nxt.stacked == stacked
+    assert jax.tree.structure(nxt) == jax.tree.structure(search)
+    moved = nxt.replaced(stx=2.5, bracketed=False)
+    assert (float(moved.stx), bool(moved.bracketed)) == (2.5, False)
+    assert float(moved.sty) == float(nxt.sty) and moved.stacked == stacked
+
+
+def test_two_loop_stacks_its_search_only_in_a_single_solve():
+    # Stacked, the search crosses the loop's carry and the Wolfe cond as two arrays; a
+    # batched trace keeps one array per field (init and step alike: ``MoreThuente``).
+    stepper = two_loop.two_loop_stepper(maxcor=10, maxls=20)
+    x = jnp.array([-1.2, 1.0])
+    ev = jd.Evaluation(x=x, f=jnp.asarray(24.2), g=jnp.array([-215.6, -88.0]))
+    single = stepper.init(ev, None)[0].search
+    assert single.stacked and single.values.shape == (13,) and single.flags.shape == (2,)
+    with tracing_batched_solve():
+        batched = stepper.init(ev, None)[0].search
+    assert not batched.stacked and len(jax.tree.leaves(batched)) == 15
+    np.testing.assert_array_equal(single.values, jnp.stack(batched.values))
 
 
 # ---------------------------------------------------------------------------------------

@@ -293,6 +293,15 @@ class _BatchProgress:
 def _solve_queue_impl(
     key: tuple[SolveStatic, int, tuple], x0: PyTree, args: tuple, dynamic: dict, box
 ) -> OptimizeResult:
+    # Traced as a batched solve (``_tree.is_batched``), the lanes' initial states (made
+    # outside the vmapped step) included: a method may lay its state out by that.
+    with tracing_batched_solve():
+        return _queue(key, x0, args, dynamic, box)
+
+
+def _queue(
+    key: tuple[SolveStatic, int, tuple], x0: PyTree, args: tuple, dynamic: dict, box
+) -> OptimizeResult:
     static, lanes, args_axes = key
     opts = {**dict(static.options), **dynamic}
     progress = _BatchProgress() if opts["progress"] else None

@@ -98,8 +98,9 @@ class SearchState(NamedTuple):
     iter: jax.Array
 
 
-def start_search(x, f, g, z, iteration, bounds: Bounds | None):
-    """The search along ``d = z - x`` with scipy's first step and step bound."""
+def start_search(x, f, g, z, iteration, bounds: Bounds | None, stacked: bool = False):
+    """The search along ``d = z - x`` with scipy's first step and step bound
+    (``stacked``: the search state's layout, see ``MoreThuente``)."""
     d = z - x
     gd0, d_squared = dots((g, d), (d, d))
     first = iteration == 0
@@ -112,7 +113,7 @@ def start_search(x, f, g, z, iteration, bounds: Bounds | None):
         starts_short = first & ~bounds.boxed
     inv_norm = safe_divide(1.0, safe_sqrt(d_squared))  # 1 where d = 0
     stp = jnp.where(starts_short, jnp.minimum(inv_norm, stpmax), 1.0)
-    return d, gd0, more_thuente_start(f, gd0, stp, stpmax)
+    return d, gd0, more_thuente_start(f, gd0, stp, stpmax, stacked=stacked)
 
 
 def trial_point(state: SearchState, bounds: Bounds | None) -> jax.Array:

@@ -140,7 +140,10 @@ def two_loop_stepper(maxcor: int, maxls: int) -> Stepper:
         f = jnp.asarray(ev.f, dtype)
         zero = jnp.zeros((), jnp.int32)
         z = x - g
-        d, gd0, search = start_search(x, f, g, z, zero, None)
+        # The search state stacked in a single solve (``MoreThuente``); a vmapped solve,
+        # or the queue's, is traced batched for init and step alike (``is_batched``).
+        stacked = not is_batched(ev.x)
+        d, gd0, search = start_search(x, f, g, z, zero, None, stacked)
         mem = memory_empty(maxcor, x.shape[0], dtype)
         state = SearchState(mem, x, f, g, d, z, gd0, None, search, zero, zero)
         return state, unravel(trial_point(state, None))
@@ -178,7 +181,7 @@ def two_loop_stepper(maxcor: int, maxls: int) -> Stepper:
             # at x0).
             fresh = first | ~(all_finite(z) & (vdot(g, z - x) < 0))
             z = jnp.where(fresh, x - g, z)
-            new = (z, fresh, *start_search(x, f, g, z, iteration, None))
+            new = (z, fresh, *start_search(x, f, g, z, iteration, None, state.search.stacked))
             return optax.tree.cast_like(new, same_search())  # the state's dtypes
 
         def same_search():
