@@ -387,6 +387,8 @@ def test_more_thuente_state_stays_finite_and_typed(stacked):
     moved = nxt.replaced(stx=2.5, bracketed=False)
     assert (float(moved.stx), bool(moved.bracketed)) == (2.5, False)
     assert float(moved.sty) == float(nxt.sty) and moved.stacked == stacked
+    with pytest.raises(TypeError, match="no field 'values'"):
+        nxt.replaced(values=0.0)
 
 
 def test_two_loop_stacks_its_search_only_in_a_single_solve():
@@ -401,6 +403,24 @@ def test_two_loop_stacks_its_search_only_in_a_single_solve():
         batched = stepper.init(ev, None)[0].search
     assert not batched.stacked and len(jax.tree.leaves(batched)) == 15
     np.testing.assert_array_equal(single.values, jnp.stack(batched.values))
+
+
+def test_layout_agrees_where_init_is_also_called_on_vmap_tracers():
+    # The unrolled adjoint makes the state from ``init`` twice: for its types (in
+    # ``eval_shape``: no vmap tracer visible) and at x0. Eager under a user's vmap the
+    # second call sees vmap tracers; choosing the layout by them gave a pytree
+    # structure error (a review found it). The layout follows the trace, not the leaves.
+    def solve(x):
+        opts = {"adjoint": "unrolled", "maxfun": 4, "maxiter": 3}
+        return jd.minimize(lambda v: jnp.sum((v - 1.0) ** 2), x, method="L-BFGS", options=opts)
+
+    starts = jnp.array([[0.0, 2.0], [3.0, -1.0]])
+    with jax.disable_jit():
+        batched = jax.vmap(solve)(starts)
+    for i in range(2):
+        alone = solve(starts[i])
+        np.testing.assert_allclose(batched.x[i], alone.x, rtol=1e-12)
+        assert int(batched.nfev[i]) == int(alone.nfev)
 
 
 # ---------------------------------------------------------------------------------------

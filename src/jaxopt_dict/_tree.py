@@ -319,6 +319,13 @@ def tracing_batched_solve() -> Iterator[None]:
         _BATCHED_SOLVE.reset(token)
 
 
+def traced_as_batch() -> bool:
+    """Within ``tracing_batched_solve`` (a vmapped solve traced again, the queue). Unlike
+    ``is_batched`` it looks at no tracer, so it reads the same in ``jax.eval_shape`` of a
+    method's ``init`` as in its step: what a choice of the state's layout needs."""
+    return _BATCHED_SOLVE.get()
+
+
 def is_batched(tree: PyTree) -> bool:
     """Whether the code is traced for many problems at once: inside
     ``tracing_batched_solve``, or a leaf of ``tree`` is (or a derivative's tracer wraps) a

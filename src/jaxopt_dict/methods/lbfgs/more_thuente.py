@@ -52,7 +52,7 @@ class _Field:
 
 
 class MoreThuente(NamedTuple):
-    """State of one Moré–Thuente search along a ray: scalars only, carried stacked.
+    """State of one Moré–Thuente search along a ray: scalars, stacked or one array each.
 
     ``stx`` is the best step so far and ``sty`` the other end of the bracket (with their
     f and f' values); ``width``/``width1`` drive the forced bisection; ``stage2`` turns off
@@ -67,17 +67,18 @@ class MoreThuente(NamedTuple):
     output of a loop body or of a conditional a buffer of its own, and as 15 scalars the
     search costs a copy kernel each where it crosses one (the loop's carry, the cond that
     skips the interpolation). The two-loop stepper stacks it in a single solve: 2-D and
-    10-D L-BFGS trips 67 -> 54 and 69 -> 56 kernels, 0.81-0.93x the time. Not in a
-    solve traced for ``vmap`` or the queue (``is_batched``), where a (problems, 13) array
-    made 1,000 2-D Rosenbrocks 1.2x slower (its columns computed apart, then joined; a
-    solve JAX batches after tracing it alone, ``_programs``' replay, stays stacked), nor
+    10-D L-BFGS trips 67 -> 54 and 69 -> 56 kernels, 0.87-0.93x the time. Not in a
+    solve traced for ``vmap`` or the queue (``traced_as_batch``), where a (problems, 13)
+    array made 1,000 2-D Rosenbrocks 1.2x slower (its columns computed apart, then
+    joined; a solve JAX batches after tracing it alone, ``_programs``' replay, stays
+    stacked), nor
     in the compact form: boxed solves of n >= 100 took 1.2x the time on 2 cores (XLA:CPU
     runs their larger kernels concurrently, and the joined state changed the schedule; on
     one core, and with the Cauchy point's window off, the two layouts ran alike), for
     0.74-0.94x at n <= 10.
     """
 
-    values: Any  # ``_VALUES``' fields in order: one array, or a tuple of them if batched
+    values: Any  # ``_VALUES``' fields in order: one array, or a tuple of them per field
     flags: Any  # ``_FLAGS``' fields, the same way
 
     @classmethod
@@ -96,6 +97,8 @@ class MoreThuente(NamedTuple):
         """This state with some fields changed (a stack with none changed is kept)."""
         stacks = {"values": self.values, "flags": self.flags}
         for name, value in fields.items():
+            if name not in _VALUES + _FLAGS:
+                raise TypeError(f"MoreThuente has no field {name!r}")
             field = getattr(MoreThuente, name)
             stack = stacks[field.stack]
             if isinstance(stack, tuple):

@@ -34,7 +34,14 @@ import jax.numpy as jnp
 import optax
 
 from jaxopt_dict._method import StepOutcome, Stepper
-from jaxopt_dict._tree import all_finite, cond_or_select, is_batched, safe_divide, vdot
+from jaxopt_dict._tree import (
+    all_finite,
+    cond_or_select,
+    is_batched,
+    safe_divide,
+    traced_as_batch,
+    vdot,
+)
 from jaxopt_dict._tree import ravel as ravel_pytree
 from jaxopt_dict.methods.lbfgs.search import (
     SearchState,
@@ -140,9 +147,10 @@ def two_loop_stepper(maxcor: int, maxls: int) -> Stepper:
         f = jnp.asarray(ev.f, dtype)
         zero = jnp.zeros((), jnp.int32)
         z = x - g
-        # The search state stacked in a single solve (``MoreThuente``); a vmapped solve,
-        # or the queue's, is traced batched for init and step alike (``is_batched``).
-        stacked = not is_batched(ev.x)
+        # The search state stacked unless the solve is traced as a batch (``MoreThuente``;
+        # not ``is_batched(ev.x)``: ``_loop.start`` also makes this state in
+        # ``eval_shape``, where no vmap tracer shows, and init and step must agree).
+        stacked = not traced_as_batch()
         d, gd0, search = start_search(x, f, g, z, zero, None, stacked)
         mem = memory_empty(maxcor, x.shape[0], dtype)
         state = SearchState(mem, x, f, g, d, z, gd0, None, search, zero, zero)
