@@ -293,8 +293,8 @@ class _BatchProgress:
 def _solve_queue_impl(
     key: tuple[SolveStatic, int, tuple], x0: PyTree, args: tuple, dynamic: dict, box
 ) -> OptimizeResult:
-    # Traced as a batched solve (``_tree.is_batched``), the lanes' initial states (made
-    # outside the vmapped step) included: a method may lay its state out by that.
+    # Traced as a batched solve (``_tree.traced_as_batch``), the lanes' initial states
+    # (made outside the vmapped step) included: a method may lay its state out by that.
     with tracing_batched_solve():
         return _queue(key, x0, args, dynamic, box)
 

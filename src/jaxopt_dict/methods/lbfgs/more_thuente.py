@@ -67,15 +67,15 @@ class MoreThuente(NamedTuple):
     output of a loop body or of a conditional a buffer of its own, and as 15 scalars the
     search costs a copy kernel each where it crosses one (the loop's carry, the cond that
     skips the interpolation). The two-loop stepper stacks it in a single solve: 2-D and
-    10-D L-BFGS trips 67 -> 54 and 69 -> 56 kernels, 0.87-0.93x the time. Not in a
-    solve traced for ``vmap`` or the queue (``traced_as_batch``), where a (problems, 13)
-    array made 1,000 2-D Rosenbrocks 1.2x slower (its columns computed apart, then
-    joined; a solve JAX batches after tracing it alone, ``_programs``' replay, stays
-    stacked), nor
-    in the compact form: boxed solves of n >= 100 took 1.2x the time on 2 cores (XLA:CPU
-    runs their larger kernels concurrently, and the joined state changed the schedule; on
-    one core, and with the Cauchy point's window off, the two layouts ran alike), for
-    0.74-0.94x at n <= 10.
+    10-D L-BFGS trips 67 -> 54 and 69 -> 56 kernels, 0.87-0.93x the time.
+
+    Not in a solve traced for ``vmap`` or the queue (``traced_as_batch``), where a
+    (problems, 13) array made 1,000 2-D Rosenbrocks 1.2x slower (its columns computed
+    apart, then joined; a solve JAX batches after tracing it alone, ``_programs``'
+    replay, stays stacked). Nor in the compact form: boxed solves of n >= 100 took 1.2x
+    the time on 2 cores (XLA:CPU runs their larger kernels concurrently, and the joined
+    state changed the schedule; on one core, and with the Cauchy point's window off, the
+    two layouts ran alike), for 0.74-0.94x at n <= 10.
     """
 
     values: Any  # ``_VALUES``' fields in order: one array, or a tuple of them per field
