@@ -333,7 +333,7 @@ def is_batched(tree: PyTree) -> bool:
     per-problem predicate runs both branches and selects, so a method that saves work
     with a cond in a single solve selects outright there. (Tracers named, as JAX offers
     no public test; a renamed one reads as not batched: the cond, correct but slower.)"""
-    if _BATCHED_SOLVE.get():
+    if traced_as_batch():
         return True
     for leaf in jax.tree.leaves(tree):
         while isinstance(leaf, jax.core.Tracer):

@@ -94,20 +94,13 @@ class MoreThuente(NamedTuple):
         return not isinstance(self.values, tuple)
 
     def replaced(self, **fields: jax.Array) -> MoreThuente:
-        """This state with some fields changed (a stack with none changed is kept)."""
-        stacks = {"values": self.values, "flags": self.flags}
-        for name, value in fields.items():
-            if name not in _VALUES + _FLAGS:
-                raise TypeError(f"MoreThuente has no field {name!r}")
-            field = getattr(MoreThuente, name)
-            stack = stacks[field.stack]
-            if isinstance(stack, tuple):
-                value = jnp.asarray(value, stack[field.index].dtype)
-                stack = stack[: field.index] + (value,) + stack[field.index + 1 :]
-            else:
-                stack = stack.at[field.index].set(jnp.asarray(value, stack.dtype))
-            stacks[field.stack] = stack
-        return MoreThuente(**stacks)
+        """This state with some fields changed (each keeps its dtype), in its layout."""
+        unknown = set(fields) - set(_VALUES + _FLAGS)
+        if unknown:
+            raise TypeError(f"MoreThuente has no field {min(unknown)!r}")
+        kept = {name: getattr(self, name) for name in _VALUES + _FLAGS}
+        new = {name: jnp.asarray(value, kept[name].dtype) for name, value in fields.items()}
+        return MoreThuente.of(self.stacked, **(kept | new))
 
     raw = _Field("values", "raw")
     stpmax = _Field("values", "stpmax")
