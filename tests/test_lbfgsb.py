@@ -405,6 +405,23 @@ def test_two_loop_stacks_its_search_only_in_a_single_solve():
     np.testing.assert_array_equal(single.values, jnp.stack(batched.values))
 
 
+def test_compact_form_stacks_its_search_only_without_bounds_in_a_single_solve():
+    # Unbounded problems above ``TWO_LOOP_MAX_N`` stack the search (which lets their next
+    # search start in a cond); boxed solves and batched traces keep one array per field.
+    n = TWO_LOOP_MAX_N + 8
+    x = jnp.linspace(-1.0, 1.0, n)
+    ev = jd.Evaluation(x=x, f=jnp.asarray(3.0), g=2.0 * x)
+    box = jd.Box(jnp.full(n, -2.0), jnp.full(n, 2.0))
+    unbounded = compact_form_stepper(10, 20, bounded=False).init(ev, None)[0].search
+    assert unbounded.stacked and unbounded.values.shape == (13,)
+    boxed = compact_form_stepper(10, 20, bounded=True).init(ev, box)[0].search
+    assert not boxed.stacked and len(jax.tree.leaves(boxed)) == 15
+    with tracing_batched_solve():
+        batched = compact_form_stepper(10, 20, bounded=False).init(ev, None)[0].search
+    assert not batched.stacked
+    np.testing.assert_array_equal(unbounded.values, jnp.stack(batched.values))
+
+
 def test_layout_agrees_where_init_is_also_called_on_vmap_tracers():
     # The unrolled adjoint makes the state from ``init`` twice: for its types (in
     # ``eval_shape``: no vmap tracer visible) and at x0. Eager under a user's vmap the
