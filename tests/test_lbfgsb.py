@@ -20,7 +20,7 @@ import jaxopt_dict as jd
 from jaxopt_dict._options import resolve_options
 from jaxopt_dict._tree import projected_gradient, tracing_batched_solve
 from jaxopt_dict.methods import lbfgs
-from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N, compact, two_loop
+from jaxopt_dict.methods.lbfgs import TWO_LOOP_MAX_N, cauchy, compact, two_loop
 from jaxopt_dict.methods.lbfgs.cauchy import cauchy_point
 from jaxopt_dict.methods.lbfgs.compact_stepper import compact_form_stepper
 from jaxopt_dict.methods.lbfgs.more_thuente import (
@@ -405,9 +405,10 @@ def test_two_loop_stacks_its_search_only_in_a_single_solve():
     np.testing.assert_array_equal(single.values, jnp.stack(batched.values))
 
 
-def test_compact_form_stacks_its_search_only_without_bounds_in_a_single_solve():
+def test_compact_form_stacks_its_search_in_a_single_solve_without_the_cauchy_window():
     # Unbounded problems above ``TWO_LOOP_MAX_N`` stack the search (which lets their next
-    # search start in a cond); boxed solves and batched traces keep one array per field.
+    # search start in a cond), as do boxed ones whose Cauchy point has no window; larger
+    # boxed solves and batched traces keep one array per field.
     n = TWO_LOOP_MAX_N + 8
     x = jnp.linspace(-1.0, 1.0, n)
     ev = jd.Evaluation(x=x, f=jnp.asarray(3.0), g=2.0 * x)
@@ -416,6 +417,10 @@ def test_compact_form_stacks_its_search_only_without_bounds_in_a_single_solve():
     assert unbounded.stacked and unbounded.values.shape == (13,)
     boxed = compact_form_stepper(10, 20, bounded=True).init(ev, box)[0].search
     assert not boxed.stacked and len(jax.tree.leaves(boxed)) == 15
+    small = 2 * cauchy.WINDOW
+    ev_small = jd.Evaluation(x=x[:small], f=ev.f, g=ev.g[:small])
+    box_small = jd.Box(box.lower[:small], box.upper[:small])
+    assert compact_form_stepper(10, 20, bounded=True).init(ev_small, box_small)[0].search.stacked
     with tracing_batched_solve():
         batched = compact_form_stepper(10, 20, bounded=False).init(ev, None)[0].search
     assert not batched.stacked

@@ -27,7 +27,7 @@ import optax
 from jaxopt_dict._method import StepOutcome, Stepper
 from jaxopt_dict._tree import cond_or_select, dots, is_batched, materialize, traced_as_batch
 from jaxopt_dict._tree import ravel as ravel_pytree
-from jaxopt_dict.methods.lbfgs.cauchy import cauchy_point
+from jaxopt_dict.methods.lbfgs.cauchy import WINDOW, cauchy_point
 from jaxopt_dict.methods.lbfgs.compact import (
     Memory,
     inverse_times,
@@ -107,8 +107,9 @@ def compact_form_stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # With no pairs, B = I and the Cauchy point is P(x - g); there is no subspace step.
         z = clip(x - g, bounds)
         zero = jnp.zeros((), jnp.int32)
-        # The search stacked in a single solve without bounds (``MoreThuente``).
-        stacked = bounds is None and not traced_as_batch()
+        # The search stacked in a single solve, without bounds or where the Cauchy point
+        # has no window (``MoreThuente``).
+        stacked = (bounds is None or x.shape[0] <= 2 * WINDOW) and not traced_as_batch()
         d, gd0, search = start_search(x, f, g, z, zero, bounds, stacked)
         mem = memory_empty(maxcor, x.shape[0], dtype)
         # ``pair_products(memory, g)`` is only kept without bounds (``SearchState.vg``).
