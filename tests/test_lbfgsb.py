@@ -445,6 +445,32 @@ def test_layout_agrees_where_init_is_also_called_on_vmap_tracers():
         assert int(batched.nfev[i]) == int(alone.nfev)
 
 
+@pytest.mark.parametrize(
+    "stepper, n, bounded",
+    [
+        (two_loop.two_loop_stepper(10, 20), 2, False),
+        (compact_form_stepper(10, 20, bounded=False), TWO_LOOP_MAX_N + 8, False),
+        (compact_form_stepper(10, 20, bounded=True), 6, True),
+        (compact_form_stepper(10, 20, bounded=True), 2 * cauchy.WINDOW + 1, True),
+    ],
+    ids=["two-loop", "compact", "compact-small-box", "compact-box"],
+)
+def test_init_state_has_one_structure_on_vmap_tracers_and_in_eval_shape(stepper, n, bounded):
+    # What the test above checks end to end (eagerly, 20 s), for every stepper that can
+    # stack its search: ``init`` on vmap tracers (a user's vmap, eager) gives the state
+    # ``init`` gives in ``eval_shape``.
+    box = jd.Box(jnp.full(n, -2.0), jnp.full(n, 2.0)) if bounded else None
+
+    def state_at(x):
+        return stepper.init(jd.Evaluation(x=x, f=jnp.sum(x * x), g=2.0 * x), box)[0]
+
+    x = jnp.linspace(-1.0, 1.0, n)
+    alone = jax.tree.structure(jax.eval_shape(state_at, x))
+    seen = []
+    jax.vmap(lambda v: seen.append(jax.tree.structure(state_at(v))) or v)(jnp.stack([x, -x]))
+    assert seen == [alone]
+
+
 # ---------------------------------------------------------------------------------------
 # The vectorized generalized Cauchy point against the sequential breakpoint walk.
 # ---------------------------------------------------------------------------------------

@@ -38,6 +38,12 @@ from jaxopt_dict.methods.lbfgs.compact import Memory, w_rows, w_transpose
 WINDOW = 32  # breakpoints examined before falling back to the full sort (large n)
 
 
+def has_window(n: int, window: int = WINDOW) -> bool:
+    """Whether the Cauchy point of n variables examines a window of breakpoints first
+    (else it sorts all of them)."""
+    return n > 2 * window
+
+
 class CauchyPoint(NamedTuple):
     """The GCP and what the subspace minimization needs from it.
 
@@ -125,7 +131,7 @@ def cauchy_point(
         # All n breakpoints in order (stable: ties by index), then no further one.
         return _walk(path, mem, mid, jnp.argsort(t), n, jnp.asarray(jnp.inf, x.dtype))[1]
 
-    if n <= 2 * window:
+    if not has_window(n, window):
         return everything()
     # The ``window`` smallest float32 keys. Rounding is monotone, so a key strictly below
     # the largest one picked belongs to a breakpoint below every one not picked: those

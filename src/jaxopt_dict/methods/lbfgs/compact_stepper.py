@@ -27,7 +27,7 @@ import optax
 from jaxopt_dict._method import StepOutcome, Stepper
 from jaxopt_dict._tree import cond_or_select, dots, is_batched, materialize, traced_as_batch
 from jaxopt_dict._tree import ravel as ravel_pytree
-from jaxopt_dict.methods.lbfgs.cauchy import WINDOW, cauchy_point
+from jaxopt_dict.methods.lbfgs.cauchy import cauchy_point, has_window
 from jaxopt_dict.methods.lbfgs.compact import (
     Memory,
     inverse_times,
@@ -108,8 +108,10 @@ def compact_form_stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         z = clip(x - g, bounds)
         zero = jnp.zeros((), jnp.int32)
         # The search stacked in a single solve, without bounds or where the Cauchy point
-        # has no window (``MoreThuente``).
-        stacked = (bounds is None or x.shape[0] <= 2 * WINDOW) and not traced_as_batch()
+        # has no window (``MoreThuente``). Not ``is_batched(ev.x)``: ``_loop.start`` also
+        # makes this state in ``eval_shape``, where no vmap tracer shows, and init and
+        # step must agree.
+        stacked = (bounds is None or not has_window(x.shape[0])) and not traced_as_batch()
         d, gd0, search = start_search(x, f, g, z, zero, bounds, stacked)
         mem = memory_empty(maxcor, x.shape[0], dtype)
         # ``pair_products(memory, g)`` is only kept without bounds (``SearchState.vg``).
@@ -192,7 +194,7 @@ def compact_form_stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # subspace step in a cond: 25% less time per trip there (under vmap the cond is a
         # select and both run). Without bounds the next step is only H g, and the cond
         # pays once the search crosses it stacked (``MoreThuente``): trips 118 -> 88
-        # kernels, 0.90-0.95x the time at n = 300 to 3,000 (per field, the cond's copies
+        # kernels, 0.88-0.97x the time at n = 300 to 10,000 (per field, the cond's copies
         # had cost more than it saved). (Inside shard_map, the select: ``cond_or_select``.)
         z, fresh, d, gd0, new_search = cond_or_select(restart, next_search, same_search, batched)
         # One reset of the stored memory for both reasons (a pair is only stored on a

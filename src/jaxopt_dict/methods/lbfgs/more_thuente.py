@@ -72,14 +72,15 @@ class MoreThuente(NamedTuple):
     Not in a solve traced for ``vmap`` or the queue (``traced_as_batch``), where a
     (problems, 13) array made 1,000 2-D Rosenbrocks 1.2x slower (its columns computed
     apart, then joined; a solve JAX batches after tracing it alone, ``_programs``'
-    replay, stays stacked). Nor with bounds on more than ``2 * cauchy.WINDOW`` variables,
-    where the Cauchy point has its window: boxed solves of n = 100 took 1.14-1.24x the
-    time on 2 cores in three of four runs (XLA:CPU runs their larger kernels concurrently,
-    and the joined state changed the schedule; on one core they ran alike, 0.99x, as with
-    the window off). Smaller boxed solves stack it: trips 85 -> 71 kernels at n <= 30,
-    0.94-0.98x the time on one core (on two, per compile, 0.86-1.27x). The compact form
-    without bounds (n > ``TWO_LOOP_MAX_N``) stacks it, and so can start its next search
-    in a cond: trips 118 -> 88 kernels, 0.90-0.95x the time at n = 300 to 3,000.
+    replay, stays stacked). Nor with bounds where the Cauchy point has its window (more
+    than ``2 * cauchy.WINDOW`` variables, ``cauchy.has_window``): boxed solves of n = 100
+    took 1.14-1.24x the time on 2 cores in three of four runs (XLA:CPU runs their larger
+    kernels concurrently, and the joined state changed the schedule; on one core they ran
+    alike, 0.99x, as with the window off). Smaller boxed solves stack it: trips 85 -> 71
+    kernels at n <= 30 (91 -> 77 at 50-64), 0.94x (n = 10) and 0.98x (n = 30) the time on
+    one core; on two, 0.86-1.27x from one compile to the next at n = 2 to 64. The compact
+    form without bounds (n > ``TWO_LOOP_MAX_N``) stacks it, and so can start its next
+    search in a cond: trips 118 -> 88 kernels, 0.88-0.97x the time at n = 300 to 10,000.
     """
 
     values: Any  # ``_VALUES``' fields in order: one array, or a tuple of them per field
