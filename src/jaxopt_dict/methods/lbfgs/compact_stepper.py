@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxopt_dict._method import StepOutcome, Stepper
-from jaxopt_dict._tree import cond_or_select, dots, is_batched, materialize, traced_as_batch
+from jaxopt_dict._tree import cond_or_select, dots, is_batched, materialize
 from jaxopt_dict._tree import ravel as ravel_pytree
-from jaxopt_dict.methods.lbfgs.cauchy import cauchy_point, has_window
+from jaxopt_dict.methods.lbfgs.cauchy import cauchy_point
 from jaxopt_dict.methods.lbfgs.compact import (
     Memory,
     inverse_times,
@@ -49,6 +49,7 @@ from jaxopt_dict.methods.lbfgs.search import (
     next_iterate,
     ratio_to_bounds,
     search_outcome,
+    stacks_search,
     start_search,
     trial_point,
 )
@@ -107,11 +108,7 @@ def compact_form_stepper(maxcor: int, maxls: int, bounded: bool) -> Stepper:
         # With no pairs, B = I and the Cauchy point is P(x - g); there is no subspace step.
         z = clip(x - g, bounds)
         zero = jnp.zeros((), jnp.int32)
-        # The search stacked in a single solve, without bounds or where the Cauchy point
-        # has no window (``MoreThuente``). Not ``is_batched(ev.x)``: ``_loop.start`` also
-        # makes this state in ``eval_shape``, where no vmap tracer shows, and init and
-        # step must agree.
-        stacked = (bounds is None or not has_window(x.shape[0])) and not traced_as_batch()
+        stacked = stacks_search(x.shape[0], bounded=bounds is not None)
         d, gd0, search = start_search(x, f, g, z, zero, bounds, stacked)
         mem = memory_empty(maxcor, x.shape[0], dtype)
         # ``pair_products(memory, g)`` is only kept without bounds (``SearchState.vg``).

@@ -81,6 +81,7 @@ class MoreThuente(NamedTuple):
     one core; on two, 0.86-1.27x from one compile to the next at n = 2 to 64. The compact
     form without bounds (n > ``TWO_LOOP_MAX_N``) stacks it, and so can start its next
     search in a cond: trips 118 -> 88 kernels, 0.88-0.97x the time at n = 300 to 10,000.
+    Both steppers take the rule from ``search.stacks_search``.
     """
 
     values: Any  # ``_VALUES``' fields in order: one array, or a tuple of them per field

@@ -17,8 +17,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxopt_dict._method import Box
-from jaxopt_dict._tree import cond_stacked, dots, in_manual_mesh, safe_divide, safe_sqrt
+from jaxopt_dict._tree import (
+    cond_stacked,
+    dots,
+    in_manual_mesh,
+    safe_divide,
+    safe_sqrt,
+    traced_as_batch,
+)
 from jaxopt_dict._tree import ravel as ravel_pytree
+from jaxopt_dict.methods.lbfgs.cauchy import has_window
 from jaxopt_dict.methods.lbfgs.more_thuente import (
     MoreThuente,
     WolfeTask,
@@ -96,6 +104,15 @@ class SearchState(NamedTuple):
     search: MoreThuente
     trials: jax.Array
     iter: jax.Array
+
+
+def stacks_search(n: int, bounded: bool) -> bool:
+    """Whether a solve of n variables carries its search stacked (``MoreThuente`` says
+    where each layout was measured faster): a single solve, without bounds or where the
+    Cauchy point has no window. Read from the trace (``traced_as_batch``), not from x's
+    tracers: ``_loop.start`` also makes the state in ``eval_shape``, where no vmap tracer
+    shows, and init and step must agree."""
+    return not traced_as_batch() and (not bounded or not has_window(n))
 
 
 def start_search(x, f, g, z, iteration, bounds: Bounds | None, stacked: bool = False):

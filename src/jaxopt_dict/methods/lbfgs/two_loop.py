@@ -39,7 +39,6 @@ from jaxopt_dict._tree import (
     cond_or_select,
     is_batched,
     safe_divide,
-    traced_as_batch,
     vdot,
 )
 from jaxopt_dict._tree import ravel as ravel_pytree
@@ -48,6 +47,7 @@ from jaxopt_dict.methods.lbfgs.search import (
     gives_up,
     next_iterate,
     search_outcome,
+    stacks_search,
     start_search,
     trial_point,
 )
@@ -147,10 +147,7 @@ def two_loop_stepper(maxcor: int, maxls: int) -> Stepper:
         f = jnp.asarray(ev.f, dtype)
         zero = jnp.zeros((), jnp.int32)
         z = x - g
-        # The search state stacked unless the solve is traced as a batch (``MoreThuente``;
-        # not ``is_batched(ev.x)``: ``_loop.start`` also makes this state in
-        # ``eval_shape``, where no vmap tracer shows, and init and step must agree).
-        stacked = not traced_as_batch()
+        stacked = stacks_search(x.shape[0], bounded=False)
         d, gd0, search = start_search(x, f, g, z, zero, None, stacked)
         mem = memory_empty(maxcor, x.shape[0], dtype)
         state = SearchState(mem, x, f, g, d, z, gd0, None, search, zero, zero)
