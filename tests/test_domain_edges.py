@@ -234,3 +234,23 @@ def test_a_value_that_overflows_in_x_dtype_is_rejected(n):
     assert not bool(single.success) and np.isfinite(single.fun), single
     assert float(single.x[0]) <= 2.0, single.x
     assert int(single.status) == int(batch.status[0]), (single.status, batch.status)
+
+
+@pytest.mark.parametrize("n", [2, TWO_LOOP_MAX_N + 4])  # the two-loop form, the compact form
+def test_float32_gradient_past_the_range_of_its_square_is_never_a_success(n):
+    """float32, gradient entries of 2e19: ``|g|^2`` overflows, and the L-BFGS forms cannot
+    take a first step (``docs/faq.md``, "Can a float32 objective be too steep"). Whatever
+    they return is not a success at a point that is not the minimum; GD and Newton, which
+    form no such products, solve it."""
+
+    def steep(x):
+        return 1e19 * jnp.sum((x - 1.0) ** 2)
+
+    x0 = jnp.zeros(n, jnp.float32)
+    for method in ("L-BFGS", "L-BFGS-B", "GD", "Newton"):
+        res = jd.minimize(steep, x0, method=method)
+        assert res.x.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(res.x)))
+        solved = np.allclose(np.asarray(res.x), 1.0, rtol=1e-5)
+        assert solved or not bool(res.success), (method, res.message, res.x)
+        if method in ("GD", "Newton"):
+            assert bool(res.success) and solved, (method, res.message)
