@@ -233,20 +233,19 @@ def test_float32_robust(method):
 # xtol, relative to ||x|| and floored at float32's eps in the norm, stopped a step that
 # still moved a small coordinate by percents, as a success at optimality 4.2e3 (cost 8.8e-6
 # against 0, found by sweeping the zoo in float32). "lm" (no rank cut, columns scaled) is
-# kept on NIST Misra1a, b = (500, 1e-4) at the start, as a case Gauss-Newton fails.
-# Gauss-Newton does not solve such fits in float32 yet (docs/least-squares.md): its rank cut,
-# relative to J's largest singular value, drops the small column's direction, and the
-# solve ends at XTOL as a success far from the minimum (Misra1a from NIST's start 1:
-# 2 * cost 19.5 against 0.1246; Brown's: 2 * cost 6.2e-8 against 0). Strict: a fix makes
-# them pass, and then the marks go.
-_GAUSS_NEWTON_OPEN = pytest.mark.xfail(
-    strict=True, reason="float32 Gauss-Newton drops a badly scaled column's direction"
-)
+# kept on NIST Misra1a, b = (500, 1e-4) at the start. Gauss-Newton's rank cut, relative
+# to J's largest singular value, dropped the small column's direction until J's columns
+# were equilibrated before the SVD: the solve then ended at XTOL as a success far from the
+# minimum (Misra1a from NIST's start 1: 2 * cost 19.5 against 0.1246, optimality 7.3e3;
+# Misra1b 7.3 against 0.0755; Roszman1 6.6e-4 against 4.9e-4; Brown's 6.2e-8 against 0,
+# optimality 248).
 BADLY_SCALED_FLOAT32 = [
     ("trf", "brown_badly_scaled"),
     ("lm", "Misra1a-start1"),
-    pytest.param("gauss-newton", "Misra1a-start1", marks=_GAUSS_NEWTON_OPEN),
-    pytest.param("gauss-newton", "brown_badly_scaled", marks=_GAUSS_NEWTON_OPEN),
+    ("gauss-newton", "Misra1a-start1"),
+    ("gauss-newton", "Misra1b-start1"),
+    ("gauss-newton", "Roszman1-start1"),
+    ("gauss-newton", "brown_badly_scaled"),
 ]
 
 
@@ -259,6 +258,24 @@ def test_float32_badly_scaled_fits_reach_the_minimum(method, name):
                            method=method)  # fmt: skip
     assert bool(res.success), res.message
     assert 2 * float(res.cost) <= problem.f_min * (1 + 1e-2) + 1e-10, (float(res.cost), res.x)
+
+
+@pytest.mark.parametrize("scale", [2.0**-24, 2.0**-10])
+@pytest.mark.parametrize("far", [512.0, 2.0**23])
+def test_gauss_newton_solves_a_float32_fit_whatever_its_columns_scale(scale, far):
+    """A linear float32 fit whose second column is ``scale`` times its first: Gauss-Newton's
+    step does not depend on the columns' scale, so it reaches x = (1, far) exactly. Cut
+    relative to J's largest singular value, a column 2^-24 of the other (below float32's
+    eps * max(m, n)) was dropped: x[1] stayed at 0, and the gradient, as small as that
+    column, read as converged (2 * cost 4.7e-9 and 1.25)."""
+    A = jnp.asarray([[1.0, scale], [1.0, 2 * scale], [1.0, 3 * scale], [1.0, 4 * scale]])
+    A = A.astype(jnp.float32)
+    b = A @ jnp.asarray([1.0, far], jnp.float32)
+    res = jd.least_squares(lambda x, A, b: A @ x - b, jnp.zeros(2, jnp.float32), args=(A, b),
+                           method="gauss-newton")  # fmt: skip
+    assert bool(res.success), res.message
+    np.testing.assert_allclose(np.asarray(res.x), [1.0, far], rtol=2e-3)
+    assert float(res.cost) <= 1e-6 * float(b @ b)
 
 
 def test_xtol_floor_is_per_coordinate():

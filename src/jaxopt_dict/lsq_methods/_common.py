@@ -139,15 +139,16 @@ def factorize(A: jax.Array, f: jax.Array) -> Factors:
         return Factors(U.T @ f, s, Vt.T)
     # Scaled by powers of two (exact) so that the squares below neither overflow nor
     # underflow whatever the magnitudes, as LAPACK scales: s scales with A, uf with f.
-    a_exp, f_exp = _exponent_of_max(A), _exponent_of_max(f)
+    a_exp, f_exp = exponent_of_max(A), exponent_of_max(f)
     R, qf = _householder_triangle(times_pow2(A, -a_exp), times_pow2(f, -f_exp))
     uf, s, V = _jacobi_svd(R, qf)
     return Factors(times_pow2(uf, f_exp), times_pow2(s, a_exp), V)
 
 
-def _exponent_of_max(x: jax.Array) -> jax.Array:
-    """e with ``max |x| = m 2^e``, m in [0.5, 1); 0 where x is all zero or not finite."""
-    big = jnp.max(jnp.abs(x))
+def exponent_of_max(x: jax.Array, axis: int | None = None) -> jax.Array:
+    """e with ``max |x| = m 2^e``, m in [0.5, 1) (over ``axis``, or all of x); 0 where x is
+    all zero or not finite."""
+    big = jnp.max(jnp.abs(x), axis=axis)
     exponent = jnp.frexp(big)[1]
     return jnp.where(jnp.isfinite(big) & (big > 0), exponent, 0)
 

@@ -1,7 +1,8 @@
 """Gauss-Newton with a backtracking (Armijo) line search ("gauss-newton").
 
 At each iterate the direction is the least-squares solution of ``J p = -f`` (minimum norm,
-from one SVD; singular values below ``eps * max(m, n) * s_max`` dropped), the step is
+from one SVD of J with its columns equilibrated by powers of two; singular values below
+``eps * max(m, n) * s_max`` dropped), the step is
 halved until the cost decreases by at least ``1e-4 * t * g^T p`` (non-finite trials are
 rejected the same way), at most ``maxls`` trials per iteration (matrix-free: the
 direction by conjugate gradients on Jacobian-vector products, with the evaluation).
@@ -12,8 +13,8 @@ saturated ``exp(-x t)`` sent x from 75 to 2e8), and scipy's ``xtol``, relative t
 success. So a step longer than ``1000 * max(||x||, 1)`` is first shortened to that
 length (Dennis & Schnabel's ``maxstep``, relative to the iterate so that a far solution
 is still reached in a few steps), and a direction nearly orthogonal to the gradient
-gives way (with the Jacobian formed) to the one over the singular values J resolves
-to ``sqrt(eps)``.
+gives way (with the Jacobian formed) to the one over the singular values J, unscaled,
+resolves to ``sqrt(eps)``.
 
 Stopping uses scipy's least-squares rules: ``ftol`` on the relative decrease of the cost
 where the model agreed with it (scipy's "adequate agreement", trf's ratio > 0.25),
@@ -40,11 +41,13 @@ from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, Status
 from jaxopt_dict._tree import ravel, vary_over_manual_axes
 from jaxopt_dict.lsq_methods._common import (
+    exponent_of_max,
     factorize,
     init_from_step,
     resolvable,
     safe_div,
     scaled_norm,
+    times_pow2,
     xtol_met,
 )
 
@@ -106,24 +109,52 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         g = pick(g_new, state.g)
         stop = jnp.where(new_point & (jnp.max(jnp.abs(g)) < gtol), Status.CONVERGED, stop)
 
+        max_step = _MAX_STEP * jnp.maximum(scaled_norm(x), 1.0)
+
         def direction():
-            uf, s, V = factorize(J_new, f_new)
-            minimum_norm = lambda cut: -V @ jnp.where(s > cut * s[0], safe_div(uf, s), 0)
             eps = jnp.finfo(dtype).eps
-            p = minimum_norm(eps * max(m, n))
+
+            def minimum_norm(A, cut, k=None):
+                """``-J^+ f`` over the singular values of A above ``cut`` times the largest
+                (A = J D^-1 with D = 2^k: the step is D^-1 times A's)."""
+                uf, s, V = factorize(A, f_new)
+                V = V if k is None else times_pow2(V, -k[:, None])
+                return -V @ jnp.where(s > cut * s[0], safe_div(uf, s), 0)
+
+            # J's columns equilibrated first, each by the power of two nearest its largest
+            # entry (exact): the rank cut then compares each variable's column with its
+            # own scale, not with the largest column's, which dropped a variable whose
+            # column was eps times smaller than another's (float32 Misra1a: b1's column is
+            # 2e-7 of b2's, and the solve ended at XTOL, a success far from the minimum).
+            # The Gauss-Newton step itself does not depend on the columns' scale.
+            k = exponent_of_max(J_new, axis=0)
+            p = minimum_norm(times_pow2(J_new, -k), eps * max(m, n), k)
             # Nearly orthogonal to the gradient (the angle condition, Nocedal & Wright
-            # eq. 3.12, fails): p lies along a singular value J barely resolves. Such steps
-            # barely lower the cost, so scipy's ftol stopped on them with a gradient far
-            # from 0. The directions J resolves to sqrt(eps) are taken instead; either way
+            # eq. 3.12, fails): p runs along a direction that barely changes the
+            # residuals (a saturated exp(-x t) column). Such steps barely lower the cost,
+            # so scipy's ftol stopped on them with a gradient far from 0. Then the
+            # directions J itself resolves to sqrt(eps) are taken instead (a second SVD,
+            # of J unscaled; a single fit computes it only then). The angle is measured
+            # in the equilibrated variables (D p against D^-1 g), which is free of the
+            # variables' units; in x's own units only for a step longer than the cap
+            # below (a saturated column's step: capped, it would shrink the other
+            # variables' steps with it and stop FTOL; a long step along a column that
+            # is merely small is right, and the cap takes it in a few steps). Either way
             # ||J p||^2 = -g^T p (the ftol test's model above).
-            cosine = safe_div(-(g_new @ p), scaled_norm(g_new) * scaled_norm(p))
-            return jnp.where(cosine < jnp.sqrt(eps), minimum_norm(jnp.sqrt(eps)), p)
+            slope, length = -(g_new @ p), scaled_norm(p)
+            cosine = safe_div(slope, scaled_norm(g_new) * length)
+            scaled_g, scaled_p = times_pow2(g_new, -k), times_pow2(p, k)  # D^-1 g, D p
+            scaled_cosine = safe_div(slope, scaled_norm(scaled_g) * scaled_norm(scaled_p))
+            barely = (scaled_cosine < jnp.sqrt(eps)) | (
+                (cosine < jnp.sqrt(eps)) & (length > max_step)
+            )
+            resolved = lambda: minimum_norm(J_new, jnp.sqrt(eps))
+            return jax.lax.cond(barely, resolved, lambda: p)
 
         if B is not None:  # conjugate gradients found it with the evaluation
             d = pick(B[:, 1], state.direction)
         else:
             d = jax.lax.cond(new_point, direction, lambda: state.direction)
-        max_step = _MAX_STEP * jnp.maximum(scaled_norm(x), 1.0)
         length = scaled_norm(d)
         full = jnp.where(length > max_step, max_step / length, 1.0)  # Alg. A6.3.1
         t = jnp.where(new_point, full, 0.5 * state.t)
