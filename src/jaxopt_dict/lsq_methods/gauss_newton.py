@@ -13,8 +13,9 @@ saturated ``exp(-x t)`` sent x from 75 to 2e8), and scipy's ``xtol``, relative t
 success. So a step longer than ``1000 * max(||x||, 1)`` is first shortened to that
 length (Dennis & Schnabel's ``maxstep``, relative to the iterate so that a far solution
 is still reached in a few steps), and a direction nearly orthogonal to the gradient
-gives way (with the Jacobian formed) to the one over the singular values J, unscaled,
-resolves to ``sqrt(eps)``.
+(in the equilibrated variables; in x's own units too where the step is beyond that
+length) gives way, with the Jacobian formed, to the one over the singular values J,
+unscaled, resolves to ``sqrt(eps)``.
 
 Stopping uses scipy's least-squares rules: ``ftol`` on the relative decrease of the cost
 where the model agreed with it (scipy's "adequate agreement", trf's ratio > 0.25),
@@ -126,7 +127,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             # own scale, not with the largest column's, which dropped a variable whose
             # column was eps times smaller than another's (float32 Misra1a: b1's column is
             # 2e-7 of b2's, and the solve ended at XTOL, a success far from the minimum).
-            # The Gauss-Newton step itself does not depend on the columns' scale.
+            # (Where J has full rank the Gauss-Newton step does not depend on it.)
             k = exponent_of_max(J_new, axis=0)
             p = minimum_norm(times_pow2(J_new, -k), eps * max(m, n), k)
             # Nearly orthogonal to the gradient (the angle condition, Nocedal & Wright
