@@ -137,12 +137,41 @@ def factorize(A: jax.Array, f: jax.Array) -> Factors:
     if n > SMALL_SVD_COLUMNS or m < n:
         U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
         return Factors(U.T @ f, s, Vt.T)
+    return _triangle_factors(A, f)()
+
+
+def _triangle_factors(A: jax.Array, f: jax.Array):
+    """``svd(k=None)``: the ``Factors`` of A, or of ``A 2^-k`` (its columns scaled by powers
+    of two), from one Householder QR of A and the SVD of its triangle by Jacobi (scaling
+    a column scales the reflections' effect on it exactly, so the triangle of ``A 2^-k``
+    is A's with its columns scaled the same)."""
     # Scaled by powers of two (exact) so that the squares below neither overflow nor
     # underflow whatever the magnitudes, as LAPACK scales: s scales with A, uf with f.
     a_exp, f_exp = exponent_of_max(A), exponent_of_max(f)
     R, qf = _householder_triangle(times_pow2(A, -a_exp), times_pow2(f, -f_exp))
-    uf, s, V = _jacobi_svd(R, qf)
-    return Factors(times_pow2(uf, f_exp), times_pow2(s, a_exp), V)
+
+    def svd(k: jax.Array | None = None) -> Factors:
+        if k is None:
+            uf, s, V = _jacobi_svd(R, qf)
+            return Factors(times_pow2(uf, f_exp), times_pow2(s, a_exp), V)
+        # (R 2^(a_exp - k): each column's largest entry near 1, for A's column exponents k)
+        uf, s, V = _jacobi_svd(times_pow2(R, a_exp - k), qf)
+        return Factors(times_pow2(uf, f_exp), s, V)
+
+    return svd
+
+
+def equilibrated_factors(A: jax.Array, f: jax.Array):
+    """``(k, scaled, factors)``: A's column exponents k (``exponent_of_max``), the
+    ``Factors`` of ``A 2^-k`` (each column divided by the power of two nearest its largest
+    entry) and a function that gives A's own ``Factors``; where ``factorize`` computes the
+    SVD itself, both come from one QR of A."""
+    m, n = A.shape
+    k = exponent_of_max(A, axis=0)
+    if n > SMALL_SVD_COLUMNS or m < n:
+        return k, factorize(times_pow2(A, -k), f), lambda: factorize(A, f)
+    svd = _triangle_factors(A, f)
+    return k, svd(k), svd
 
 
 def exponent_of_max(x: jax.Array, axis: int | None = None) -> jax.Array:

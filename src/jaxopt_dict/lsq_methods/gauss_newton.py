@@ -42,8 +42,7 @@ from jaxopt_dict._method import Box, Evaluation, StepOutcome, Stepper
 from jaxopt_dict._result import RUNNING, Status
 from jaxopt_dict._tree import ravel, vary_over_manual_axes
 from jaxopt_dict.lsq_methods._common import (
-    exponent_of_max,
-    factorize,
+    equilibrated_factors,
     init_from_step,
     resolvable,
     safe_div,
@@ -115,10 +114,10 @@ def make(opts: Mapping[str, Any]) -> Stepper:
         def direction():
             eps = jnp.finfo(dtype).eps
 
-            def minimum_norm(A, cut, k=None):
-                """``-J^+ f`` over the singular values of A above ``cut`` times the largest
-                (A = J D^-1 with D = 2^k: the step is D^-1 times A's)."""
-                uf, s, V = factorize(A, f_new)
+            def minimum_norm(factors, cut, k=None):
+                """``-J^+ f`` over the singular values above ``cut`` times the largest, from
+                the ``Factors`` of ``J D^-1`` (D = 2^k; the step is then D^-1 times its)."""
+                uf, s, V = factors
                 V = V if k is None else times_pow2(V, -k[:, None])
                 return -V @ jnp.where(s > cut * s[0], safe_div(uf, s), 0)
 
@@ -128,20 +127,20 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             # column was eps times smaller than another's (float32 Misra1a: b1's column is
             # 2e-7 of b2's, and the solve ended at XTOL, a success far from the minimum).
             # (Where J has full rank the Gauss-Newton step does not depend on it.)
-            k = exponent_of_max(J_new, axis=0)
-            p = minimum_norm(times_pow2(J_new, -k), eps * max(m, n), k)
+            k, scaled, unscaled = equilibrated_factors(J_new, f_new)
+            p = minimum_norm(scaled, eps * max(m, n), k)
             # Nearly orthogonal to the gradient (the angle condition, Nocedal & Wright
             # eq. 3.12, fails): p runs along a direction that barely changes the
             # residuals (a saturated exp(-x t) column). Such steps barely lower the cost,
             # so scipy's ftol stopped on them with a gradient far from 0. Then the
             # directions J itself resolves to sqrt(eps) are taken instead (a second SVD,
-            # of J unscaled; a single fit computes it only then). The angle is measured
-            # in the equilibrated variables (D p against D^-1 g), which is free of the
-            # variables' units; in x's own units only for a step longer than the cap
-            # below (a saturated column's step: capped, it would shrink the other
-            # variables' steps with it and stop FTOL; a long step along a column that
-            # is merely small is right, and the cap takes it in a few steps). Either way
-            # ||J p||^2 = -g^T p (the ftol test's model above).
+            # of J unscaled, from the same QR; a single fit computes it only then). The
+            # angle is measured in the equilibrated variables (D p against D^-1 g), which
+            # is free of the variables' units; in x's own units only for a step longer
+            # than the cap below (a saturated column's step: capped, it would shrink the
+            # other variables' steps with it and stop FTOL; a long step along a column
+            # that is merely small is right, and the cap takes it in a few steps). Either
+            # way ||J p||^2 = -g^T p (the ftol test's model above).
             slope, length = -(g_new @ p), scaled_norm(p)
             cosine = safe_div(slope, scaled_norm(g_new) * length)
             scaled_g, scaled_p = times_pow2(g_new, -k), times_pow2(p, k)  # D^-1 g, D p
@@ -149,7 +148,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
             barely = (scaled_cosine < jnp.sqrt(eps)) | (
                 (cosine < jnp.sqrt(eps)) & (length > max_step)
             )
-            resolved = lambda: minimum_norm(J_new, jnp.sqrt(eps))
+            resolved = lambda: minimum_norm(unscaled(), jnp.sqrt(eps))
             return jax.lax.cond(barely, resolved, lambda: p)
 
         if B is not None:  # conjugate gradients found it with the evaluation
