@@ -141,10 +141,11 @@ def factorize(A: jax.Array, f: jax.Array) -> Factors:
 
 
 def _triangle_factors(A: jax.Array, f: jax.Array):
-    """``svd(k=None)``: the ``Factors`` of A, or of ``A 2^-k`` (its columns scaled by powers
-    of two), from one Householder QR of A and the SVD of its triangle by Jacobi (scaling
-    a column scales the reflections' effect on it exactly, so the triangle of ``A 2^-k``
-    is A's with its columns scaled the same)."""
+    """A function ``svd(k=None)`` that gives the ``Factors`` of A, or of ``A 2^-k`` (A's
+    columns scaled by powers of two), from one Householder QR of A and the SVD of its
+    triangle by Jacobi. Scaling a column scales the reflections' effect on it exactly, so
+    the triangle of ``A 2^-k`` is A's with its columns scaled the same (bit for bit,
+    unless an entry underflows)."""
     # Scaled by powers of two (exact) so that the squares below neither overflow nor
     # underflow whatever the magnitudes, as LAPACK scales: s scales with A, uf with f.
     a_exp, f_exp = exponent_of_max(A), exponent_of_max(f)
@@ -162,10 +163,10 @@ def _triangle_factors(A: jax.Array, f: jax.Array):
 
 
 def equilibrated_factors(A: jax.Array, f: jax.Array):
-    """``(k, scaled, factors)``: A's column exponents k (``exponent_of_max``), the
+    """``(k, scaled, unscaled)``: A's column exponents k (``exponent_of_max``), the
     ``Factors`` of ``A 2^-k`` (each column divided by the power of two nearest its largest
-    entry) and a function that gives A's own ``Factors``; where ``factorize`` computes the
-    SVD itself, both come from one QR of A."""
+    entry), and ``unscaled()``, A's own ``Factors``. Where ``factorize`` computes the SVD
+    itself, both come from one QR of A."""
     m, n = A.shape
     k = exponent_of_max(A, axis=0)
     if n > SMALL_SVD_COLUMNS or m < n:
