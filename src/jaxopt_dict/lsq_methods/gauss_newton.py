@@ -116,7 +116,7 @@ def make(opts: Mapping[str, Any]) -> Stepper:
 
             def minimum_norm(factors, cut, k=None):
                 """``-J^+ f`` over the singular values above ``cut`` times the largest, from
-                the ``Factors`` of ``J D^-1`` (D = 2^k; the step is then D^-1 times its)."""
+                the ``Factors`` of ``J D^-1`` with ``D = 2^k`` (then ``p = D^-1 p'``)."""
                 uf, s, V = factors
                 V = V if k is None else times_pow2(V, -k[:, None])
                 return -V @ jnp.where(s > cut * s[0], safe_div(uf, s), 0)
