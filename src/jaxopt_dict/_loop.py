@@ -30,9 +30,11 @@ from jaxopt_dict._tree import (
     empty_box,
     in_manual_mesh,
     inf_norms,
+    materialize,
     project_start,
     projected_gradient,
     promoted,
+    select_first,
     vary_over_manual_axes,
 )
 
@@ -468,7 +470,8 @@ def advance(
         (take & (nit >= config.maxiter), Status.MAX_ITER),
         (promoted(jnp.greater_equal, nfev, maxfun), Status.MAX_ITER),
     ]
-    status = jnp.select([c for c, _ in rules], [s for _, s in rules], RUNNING).astype(jnp.int32)
+    # (Under vmap it is computed once: every frozen-lane select reads it.)
+    status = materialize(select_first(rules, RUNNING).astype(jnp.int32))
     trace = c.trace
     if trace is not None:
         row = jnp.minimum(nit, config.maxiter)
