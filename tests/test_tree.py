@@ -170,3 +170,39 @@ def test_cond_stacked_is_cond(pred):
         float(jax.grad(total(_tree.cond_stacked))(1.5)),
         float(jax.grad(total(jax.lax.cond))(1.5)),
     )
+
+
+@given(
+    st.lists(st.lists(st.booleans(), min_size=4, max_size=4), min_size=1, max_size=9),
+    st.integers(-5, 5),
+)
+def test_select_first_is_jnp_select(conditions, default):
+    """``select_first`` (the driver's status) picks what ``jnp.select`` picks: the value of
+    the first true condition, else the default; per element, also under ``vmap``."""
+    conditions = [jnp.asarray(c) for c in conditions]
+    values = [jnp.int32(10 + i) for i in range(len(conditions))]
+    rules = list(zip(conditions, values))
+    want = np.asarray(jnp.select(conditions, values, default))
+    np.testing.assert_array_equal(np.asarray(_tree.select_first(rules, default)), want)
+    stacked = jnp.stack(conditions, axis=1)  # (4, rules): vmap over the 4 elements
+    batched = jax.vmap(lambda row: _tree.select_first(list(zip(row, values)), default))
+    np.testing.assert_array_equal(np.asarray(batched(stacked)), want)
+
+
+def test_materialize_is_the_identity_and_batches():
+    """``materialize`` returns its input exactly (NaN, -0.0, bools, ints): as is in a
+    single trace, through its group reductions under ``vmap``; derivatives pass through."""
+    tree = {
+        "f": jnp.array([1.5, np.nan, -0.0]),
+        "b": jnp.array([True, False, True]),
+        "i": jnp.array([3, -7, 0], jnp.int32),
+    }
+    alone = jax.jit(_tree.materialize)(tree)
+    batched = jax.jit(jax.vmap(_tree.materialize))(tree)
+    for got in (alone, batched):
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(tree)):
+            assert g.dtype == w.dtype
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+        assert np.signbit(np.asarray(got["f"])[2])
+    grad = jax.vmap(jax.grad(lambda v: _tree.materialize({"v": v * 2.0})["v"]))(jnp.ones(3))
+    np.testing.assert_array_equal(np.asarray(grad), 2.0)
