@@ -239,11 +239,12 @@ def materialize(tree: PyTree) -> PyTree:
     The bits carry no derivative, so the identity's is attached (``custom_jvp``): the
     iterations stay differentiable (``adjoint="unrolled"``).
 
-    Only where ``is_batched``: in a single solve the scalars come out of real conds, and
-    the group kernels cost more than the recomputation they save (L-BFGS-B's trip, 1000-D
+    Only where the methods' conds are selects (``is_batched``, or inside ``shard_map``: see
+    ``cond_or_select``): in a single solve the scalars come out of real conds, and the
+    group kernels cost more than the recomputation they save (L-BFGS-B's trip, 1000-D
     Rosenbrock 85 -> 80 kernels, a logistic regression in a box 93 -> 90; same iterates).
     """
-    if not is_batched(tree):
+    if not (is_batched(tree) or in_manual_mesh()):
         return tree
     leaves, treedef = jax.tree.flatten(tree)
     return treedef.unflatten(_materialize_leaves(tuple(jnp.asarray(leaf) for leaf in leaves)))
