@@ -175,23 +175,30 @@ def test_cond_stacked_is_cond(pred):
 @given(
     st.lists(st.lists(st.booleans(), min_size=4, max_size=4), min_size=1, max_size=9),
     st.integers(-5, 5),
+    st.booleans(),
 )
-def test_select_first_is_jnp_select(conditions, default):
-    """``select_first`` (the driver's status) picks what ``jnp.select`` picks: the value of
-    the first true condition, else the default; per element, also under ``vmap``."""
+def test_select_first_is_jnp_select(conditions, default, python_ints):
+    """``select_first`` (the driver's status) picks what ``jnp.select`` picks, in its
+    dtype: the value of the first true condition, else the default; per element, also
+    under ``vmap``; with int32 values or Python ints (the driver's ``Status`` members),
+    also under strict dtype promotion."""
     conditions = [jnp.asarray(c) for c in conditions]
-    values = [jnp.int32(10 + i) for i in range(len(conditions))]
+    values = [10 + i if python_ints else jnp.int32(10 + i) for i in range(len(conditions))]
     rules = list(zip(conditions, values))
-    want = np.asarray(jnp.select(conditions, values, default))
-    np.testing.assert_array_equal(np.asarray(_tree.select_first(rules, default)), want)
+    want = jnp.select(conditions, values, default)
+    with jax.numpy_dtype_promotion("strict"):
+        got = _tree.select_first(rules, default)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     stacked = jnp.stack(conditions, axis=1)  # (4, rules): vmap over the 4 elements
     batched = jax.vmap(lambda row: _tree.select_first(list(zip(row, values)), default))
-    np.testing.assert_array_equal(np.asarray(batched(stacked)), want)
+    np.testing.assert_array_equal(np.asarray(batched(stacked)), np.asarray(want))
 
 
 def test_materialize_is_the_identity_and_batches():
     """``materialize`` returns its input exactly (NaN, -0.0, bools, ints): as is in a
-    single trace, through its group reductions under ``vmap``; derivatives pass through."""
+    single trace (no reduction in its program), through its group reductions under
+    ``vmap``; derivatives pass through."""
     tree = {
         "f": jnp.array([1.5, np.nan, -0.0]),
         "b": jnp.array([True, False, True]),
@@ -204,5 +211,8 @@ def test_materialize_is_the_identity_and_batches():
             assert g.dtype == w.dtype
             np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
         assert np.signbit(np.asarray(got["f"])[2])
+    reductions = lambda fn: str(jax.make_jaxpr(fn)(tree)).count("reduce_max")
+    assert reductions(_tree.materialize) == 0
+    assert reductions(jax.vmap(_tree.materialize)) == 3  # one per dtype group
     grad = jax.vmap(jax.grad(lambda v: _tree.materialize({"v": v * 2.0})["v"]))(jnp.ones(3))
     np.testing.assert_array_equal(np.asarray(grad), 2.0)
