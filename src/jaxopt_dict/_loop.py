@@ -30,7 +30,6 @@ from jaxopt_dict._tree import (
     empty_box,
     in_manual_mesh,
     inf_norms,
-    materialize,
     project_start,
     projected_gradient,
     promoted,
@@ -470,8 +469,7 @@ def advance(
         (take & (nit >= config.maxiter), Status.MAX_ITER),
         (promoted(jnp.greater_equal, nfev, maxfun), Status.MAX_ITER),
     ]
-    # (Under vmap it is computed once: every frozen-lane select reads it.)
-    status = materialize(select_first(rules, RUNNING).astype(jnp.int32))
+    status = select_first(rules, RUNNING).astype(jnp.int32)
     trace = c.trace
     if trace is not None:
         row = jnp.minimum(nit, config.maxiter)
